@@ -5,20 +5,34 @@ import importlib
 import sys
 
 COMMANDS = {
-    # name: (module, one-line help)
+    # name: (module, one-line help); a module is imported only when its command runs
     "gradcheck": ("npylstm.gradcheck", "finite-difference check of every gradient (float64)"),
+    "bench": ("npylstm.bench", "time one cell step (or a sequence): NumPy, GPU kernels, PyTorch"),
+    "sine": ("npylstm.experiments.sine", "noisy sine forecasting: stateless vs stateful vs last value"),
+    "alphabet": ("npylstm.experiments.alphabet", "the learn-the-alphabet suite"),
+    "gates": ("npylstm.experiments.gates", "heatmaps of I, F, O, C~, C, H over a sequence"),
+    "compare": ("npylstm.experiments.compare", "LSTM vs GRU side by side"),
 }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="npylstm", description="An LSTM from scratch, to be read, checked and timed.")
     sub = parser.add_subparsers(dest="command", required=True)
-    modules = {}
-    for name, (module, help_) in COMMANDS.items():
-        modules[name] = importlib.import_module(module)
-        modules[name].add_arguments(sub.add_parser(name, help=help_, description=help_))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    for name, (module_name, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as e:
+                if e.name != module_name:
+                    raise
+                parser.error(f"command {name!r} is not available in this version of npylstm")
+            module.add_arguments(p)
     args = parser.parse_args(argv)
-    return modules[args.command].run(args)
+    return module.run(args)
 
 
 if __name__ == "__main__":
