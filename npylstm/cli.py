@@ -27,7 +27,7 @@ def main(argv=None):
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as e:
-                if e.name != module_name:
+                if e.name is None or not module_name.startswith(e.name):
                     raise
                 parser.error(f"command {name!r} is not available in this version of npylstm")
             module.add_arguments(p)
