@@ -6,3 +6,9 @@ from .lstm import LSTM
 from .sequence import sequence_backward, sequence_forward
 
 __version__ = "0.1.0"
+
+# training toolkit (issue 4)
+from .data import StreamBatches, chronological_split, make_windows, one_hot, pad_sequences, stream_batches
+from .layers import Linear
+from .losses import cross_entropy_loss, mse_loss
+from .optim import SGD, Adam, clip_grad_norm
