@@ -95,6 +95,23 @@ class LSTM:
         """Stateful mode: the carried (h, c), each (L, N, H), or None before the first call."""
         return self._state
 
+    @state.setter
+    def state(self, value):
+        """Stateful mode: set the carried (h, c), each (L, N, H) (copied), locking the batch size to N; None clears it."""
+        where = "LSTM.state"
+        if value is None:
+            self._state = None
+            return
+        if not self.stateful:
+            raise ValueError(f"{where}: only a stateful layer carries a state; pass state= to forward instead")
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f"{where}: state must be a pair (h, c), got {type(value).__name__}")
+        h, c = (as_float_array(where, n, s, self.dtype) for n, s in zip(("h", "c"), value))
+        check_shape(where, "h", h, (self.num_layers, None, self.hidden_size))
+        check_shape(where, "c", c, tuple(h.shape))
+        self._batch_size = int(h.shape[1])
+        self._state = (h.copy(), c.copy())
+
     def num_parameters(self):
         return sum(v.size for v in self.params.values())
 

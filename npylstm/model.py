@@ -1,0 +1,711 @@
+"""`Sequential`: stacked LSTM layers and an optional Linear head, trained Keras-style; checkpoints.
+
+    x (N, T, D) ─► LSTM ─► … ─► LSTM ─► [last step, or every step] ─► Linear ─► loss
+                 ◄──────────────── backward, in reverse ◄──────────────────────┘ ─► optimizer
+
+Data is batch-first, as in Keras: x (N, T, D); outputs (N, out), or (N, T, out) with return_sequences.
+
+Stateful contract (Keras `stateful=True`, PyTorch's detached (h_n, c_n) fed back):
+* row i of batch k+1 continues row i of batch k, so the batch size is locked by the first call and a
+  different one is refused (reset_states(batch_size=n) starts over with n rows);
+* fit resets the state at the start of every epoch, refuses shuffle=True and a last partial batch;
+* gradients stop at the batch boundary (truncated BPTT): the incoming state is a constant.
+
+Every public method validates all of its arguments before it changes anything: a refused call leaves
+weights, optimizer state and carried state as they were.
+
+Checkpoints (save / load) are one .npz, read with allow_pickle=False: `config` (JSON in a string
+array), `param/<name>`, `optim/<buffer>/<name>`, optionally `state/<layer>/h|c`, and `digest` (SHA-256
+over all of them). They are written to a temporary file in the same directory and moved into place
+with os.replace, so a crash never leaves a half-written file where a good one was.
+"""
+
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .checks import as_float_array, check_positive_int
+from .layers import Linear
+from .losses import accuracy, class_targets, cross_entropy_loss, mse_loss
+from .lstm import LSTM
+from .optim import SGD, Adam, clip_grad_norm
+
+LOSSES = {"mse": mse_loss, "cross_entropy": cross_entropy_loss}
+OPTIMIZERS = {"SGD": SGD, "Adam": Adam}
+FORMAT, VERSION = "npylstm.Sequential", 1
+
+
+class Sequential:
+    """Stacked LSTM layers (each its own hidden size), optionally followed by one Linear head.
+
+    layers           : [LSTM, ..., LSTM] or [LSTM, ..., LSTM, Linear]; any batch_first setting (the
+                       model feeds each layer its layout).
+    return_sequences : False -- the last step's output (N, H) goes to the head: out[:, -1, :] -> Linear;
+                       True  -- every step's (N, T, H), the head applied at every step.
+    stateful         : make every LSTM layer stateful (a model is also stateful if any layer passed is).
+    seed             : seeds the shuffling of fit (the order of epoch e is drawn from (seed, e), so a
+                       resumed run shuffles as the uninterrupted one); None draws one.
+    """
+
+    def __init__(self, layers, *, return_sequences=False, stateful=False, seed=None):
+        where = "Sequential"
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError(f"{where}: layers must be a non-empty list of LSTM layers and an optional Linear head")
+        layers = list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (LSTM, Linear)):
+                raise ValueError(f"{where}: layers[{i}] is a {type(layer).__name__}, expected LSTM or Linear")
+            if isinstance(layer, Linear) and i != len(layers) - 1:
+                raise ValueError(f"{where}: layers[{i}] is a Linear: only the last layer may be the Linear head")
+        if not isinstance(layers[0], LSTM):
+            raise ValueError(f"{where}: layers[0] must be an LSTM, got {type(layers[0]).__name__}")
+        dtypes = {np.dtype(layer.dtype) for layer in layers}
+        if len(dtypes) != 1:
+            raise ValueError(f"{where}: all layers must share one dtype, got {sorted(d.name for d in dtypes)}")
+        size = layers[0].input_size
+        for i, layer in enumerate(layers):
+            n_in = layer.input_size if isinstance(layer, LSTM) else layer.in_features
+            if n_in != size:
+                raise ValueError(f"{where}: layers[{i}] takes {n_in} features, but the layer before gives {size}")
+            size = layer.hidden_size if isinstance(layer, LSTM) else layer.out_features
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**63))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
+
+        self.layers = layers
+        self.lstms = [layer for layer in layers if isinstance(layer, LSTM)]
+        self.head = layers[-1] if isinstance(layers[-1], Linear) else None
+        self.return_sequences = bool(return_sequences)
+        self.stateful = bool(stateful) or any(layer.stateful for layer in self.lstms)
+        for layer in self.lstms:
+            layer.stateful = self.stateful
+        self.seed = int(seed)
+        self.dtype = dtypes.pop()
+        self.input_size = layers[0].input_size
+        self.output_size = size
+        self.loss = None                # set by compile
+        self.optimizer = None
+        self.clip_norm = None
+        self.epochs_trained = 0         # epochs fit has completed, over every call (and across checkpoints)
+        locked = {layer._batch_size for layer in self.lstms if layer._batch_size is not None}
+        self._batch_size = locked.pop() if len(locked) == 1 else None   # stateful: locked by the first call
+        if locked:
+            raise ValueError(f"{where}: the stateful layers passed are locked to different batch sizes")
+        self._last = None               # (N, T) of the last forward, for backward
+
+    # ------------------------------------------------------------------ parameters and state
+    @property
+    def params(self):
+        """Every parameter, keyed '<layer index>.<name>' (e.g. '0.W_x_l0', '2.W'): the arrays themselves."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+
+    @property
+    def grads(self):
+        """Every gradient, keyed as params."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+
+    def zero_grad(self):
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def num_parameters(self):
+        return sum(layer.num_parameters() for layer in self.layers)
+
+    @property
+    def batch_size(self):
+        """Stateful mode: the batch size the model is locked to (None until the first call)."""
+        return self._batch_size
+
+    @property
+    def states(self):
+        """Stateful mode: the carried state, one (h, c) per LSTM layer, each (L, N, H) (copies), or None."""
+        if not self.stateful or any(layer.state is None for layer in self.lstms):
+            return None
+        return [(h.copy(), c.copy()) for h, c in (layer.state for layer in self.lstms)]
+
+    @states.setter
+    def states(self, value):
+        """Set the carried state of every LSTM layer ([(h, c), ...] as `states` gives it) or clear it (None)."""
+        where = "Sequential.states"
+        if value is None:
+            self.reset_states()
+            return
+        if not self.stateful:
+            raise ValueError(f"{where}: only a stateful model carries a state")
+        if not isinstance(value, (list, tuple)) or len(value) != len(self.lstms):
+            raise ValueError(f"{where}: expected one (h, c) per LSTM layer ({len(self.lstms)})")
+        backup = [layer.state for layer in self.lstms], self._batch_size
+        try:
+            for layer, hc in zip(self.lstms, value):
+                layer.state = hc
+            sizes = {layer.state[0].shape[1] for layer in self.lstms}
+            if len(sizes) != 1:
+                raise ValueError(f"{where}: the layers' states have different batch sizes {sorted(sizes)}")
+        except ValueError:
+            for layer, st in zip(self.lstms, backup[0]):
+                layer._state, layer._batch_size = st, backup[1]
+            raise
+        self._batch_size = sizes.pop()
+
+    def reset_states(self, rows=None, *, batch_size=None):
+        """Stateful mode: zero the carried state of every layer.
+
+        rows       : (N,) booleans -- zero only those rows (their sequences ended, new ones start there).
+        batch_size : also re-lock the model to a new batch size (the carried state is dropped).
+        A stateless model carries nothing: this is then a no-op.
+        """
+        where = "Sequential.reset_states"
+        if batch_size is not None:
+            if rows is not None:
+                raise ValueError(f"{where}: give rows or batch_size, not both")
+            batch_size = check_positive_int(where, "batch_size", batch_size)
+        if rows is not None:
+            rows = np.asarray(rows)
+            if rows.dtype != bool:
+                raise ValueError(f"{where}: rows must be booleans (True = reset that row), got dtype {rows.dtype}")
+            if rows.ndim != 1 or (self._batch_size is not None and rows.shape[0] != self._batch_size):
+                raise ValueError(f"{where}: rows has shape {tuple(rows.shape)}, expected ({self._batch_size},): "
+                                 f"one flag per row of the locked batch")
+        if not self.stateful:
+            return
+        for layer in self.lstms:
+            layer.reset_states(rows, batch_size=batch_size)
+        if batch_size is not None:
+            self._batch_size = batch_size
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, loss="mse", optimizer=None, clip_norm=None):
+        """loss: "mse" | "cross_entropy"; optimizer: SGD / Adam instance (default Adam()); clip_norm: None or > 0."""
+        where = "Sequential.compile"
+        if loss not in LOSSES:
+            raise ValueError(f"{where}: loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        optimizer = Adam() if optimizer is None else optimizer
+        if not all(hasattr(optimizer, a) for a in ("step", "state_dict", "load_state_dict")):
+            raise ValueError(f"{where}: optimizer must have step, state_dict and load_state_dict, "
+                             f"got {type(optimizer).__name__}")
+        if clip_norm is not None:
+            if isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float, np.floating)) \
+                    or not math.isfinite(clip_norm) or clip_norm <= 0:
+                raise ValueError(f"{where}: clip_norm must be None or a positive number, got {clip_norm!r}")
+            clip_norm = float(clip_norm)
+        self.loss, self.optimizer, self.clip_norm = loss, optimizer, clip_norm
+        return self
+
+    # ------------------------------------------------------------------ validation
+    def _check_x(self, where, x, mask=None):
+        x = as_float_array(where, "x", x, self.dtype)
+        if x.ndim != 3:
+            raise ValueError(f"{where}: x must be batch-first (N, T, D), got shape {tuple(x.shape)}")
+        N, T, D = x.shape
+        if D != self.input_size:
+            raise ValueError(f"{where}: x has {D} features, expected {self.input_size}")
+        if N < 1 or T < 1:
+            raise ValueError(f"{where}: x has shape {tuple(x.shape)}: needs at least one row and one step")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype != bool:
+                raise ValueError(f"{where}: mask must be booleans (True = real step), got dtype {mask.dtype}")
+            if mask.shape != (N, T):
+                raise ValueError(f"{where}: mask has shape {tuple(mask.shape)}, expected (N, T) = {(N, T)}")
+        return np.ascontiguousarray(x), mask
+
+    def _check_y(self, where, y, N, T):
+        lead = (N, T) if self.return_sequences else (N,)
+        out = self.output_size
+        if not hasattr(y, "shape"):
+            y = np.asarray(y)
+        if y.ndim == 0 or y.shape[0] != N:
+            got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
+            raise ValueError(f"{where}: x has {N} rows but y has {got}: one target per sample")
+        if self.loss == "cross_entropy":
+            if y.dtype.kind in "iu":
+                class_targets(where, y, lead + (out,))                 # checks shape and class range
+                return np.asarray(y)
+            if y.dtype.kind != "f":
+                raise ValueError(f"{where}: y must be integer class ids or float one-hot rows for "
+                                 f"cross_entropy, got dtype {y.dtype}")
+            y = as_float_array(where, "y", y, self.dtype)
+        else:
+            if y.dtype.kind != "f":
+                raise ValueError(f"{where}: y must be a real floating array for mse, got dtype {y.dtype} "
+                                 f"(class ids belong with loss='cross_entropy')")
+            y = as_float_array(where, "y", y, self.dtype)
+            if out == 1 and tuple(y.shape) == lead:
+                y = y[..., None]
+        if tuple(y.shape) != lead + (out,):
+            raise ValueError(f"{where}: y has shape {tuple(y.shape)}, expected {lead + (out,)}"
+                             f"{' (return_sequences: one target per step)' if self.return_sequences else ''}")
+        return np.ascontiguousarray(y)
+
+    def _check_batches(self, where, N, batch_size, default_all=True):
+        """The batch size to use; stateful: the locked one, dividing N."""
+        if batch_size is not None:
+            batch_size = check_positive_int(where, "batch_size", batch_size)
+        if not self.stateful:
+            return batch_size or N
+        bs = batch_size or self._batch_size or N
+        if self._batch_size is not None and bs != self._batch_size:
+            raise ValueError(
+                f"{where}: the model is stateful with batch size {self._batch_size}, got batch_size={bs}: row i "
+                f"of each batch continues row i of the previous one, so the batch size cannot change. Call "
+                f"reset_states(batch_size={bs}) to start over with {bs} rows.")
+        if N % bs:
+            raise ValueError(
+                f"{where}: {N} samples are not a whole number of batches of {bs}: a stateful model needs every "
+                f"batch full (row i continues row i of the batch before), and the last one would have {N % bs} "
+                f"rows. Drop or pad the last {N % bs} samples, or use stream_batches.")
+        return bs
+
+    def _check_compiled(self, where):
+        if self.loss is None:
+            raise ValueError(f"{where}: call compile(loss=..., optimizer=...) first")
+
+    def _check_validation(self, where, validation_data):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError(f"{where}: validation_data must be (x_val, y_val) or (x_val, y_val, mask_val)")
+        xv, yv, mv = (*validation_data, None)[:3]
+        xv, mv = self._check_x(where, xv, mv)
+        yv = self._check_y(where, yv, xv.shape[0], xv.shape[1])
+        return xv, yv, mv
+
+    # ------------------------------------------------------------------ forward / backward
+    def __call__(self, x, mask=None):
+        return self.forward(x, mask)
+
+    def forward(self, x, mask=None):
+        """x : (N, T, D), mask : (N, T) bool or None  ->  (N, out), or (N, T, out) with return_sequences.
+
+        Stateful: starts from the carried state and carries the final one on. Keeps what backward needs.
+        """
+        where = "Sequential.forward"
+        x, mask = self._check_x(where, x, mask)
+        if self.stateful:
+            self._check_batches(where, x.shape[0], x.shape[0])
+        return self._forward(x, mask)[0]
+
+    def _forward(self, x, mask, states=None):
+        """Trusted inputs. states: None (zeros, or the carried state when stateful) or one (h, c) per LSTM."""
+        N, T, _ = x.shape
+        final = []
+        for j, layer in enumerate(self.lstms):
+            xin = x if layer.batch_first else x.swapaxes(0, 1)               # the layer's layout
+            m = None if mask is None else (mask if layer.batch_first else mask.T)
+            y, hc = layer.forward(xin, None if states is None else states[j], m)
+            x = y if layer.batch_first else y.swapaxes(0, 1)                 # (N, T, H)
+            final.append(hc)
+        if self.stateful:
+            self._batch_size = N
+        if not self.return_sequences:
+            x = x[:, -1, :]                                                  # the last step: (N, H)
+        out = self.head.forward(x) if self.head is not None else np.array(x, order="C")
+        self._last = (N, T)
+        return out, final
+
+    def backward(self, dout):
+        """dout : the output's shape  ->  dx : (N, T, D); adds every layer's parameter gradients to grads.
+
+        Truncated BPTT: the incoming state of a stateful call is a constant, nothing flows into it.
+        """
+        where = "Sequential.backward"
+        if self._last is None:
+            raise ValueError(f"{where}: call forward first: backward differentiates the last forward call")
+        N, T = self._last
+        dY = self.head.backward(dout) if self.head is not None else as_float_array(where, "dout", dout, self.dtype)
+        if not self.return_sequences:
+            # forward: out = Y[:, -1, :]  ->  dY is zero except at the last step
+            full = np.zeros((N, T, dY.shape[-1]), self.dtype)
+            full[:, -1, :] = dY
+            dY = full
+        for layer in reversed(self.lstms):
+            dx, _ = layer.backward(dY if layer.batch_first else dY.swapaxes(0, 1))
+            dY = dx if layer.batch_first else dx.swapaxes(0, 1)
+        return np.ascontiguousarray(dY)
+
+    # ------------------------------------------------------------------ training
+    def _loss(self, out, y, mask):
+        """(loss, dout, weight, correct): weight = how many elements (mse) or rows (cross_entropy) the loss averages."""
+        loss_mask = mask if self.return_sequences else None
+        loss, dout = LOSSES[self.loss](out, y, loss_mask)
+        if self.loss == "mse":
+            weight = out.size if loss_mask is None else int(loss_mask.sum()) * out.shape[-1]
+            return loss, dout, weight, 0
+        weight = int(np.prod(out.shape[:-1])) if loss_mask is None else int(loss_mask.sum())
+        correct = round(accuracy(out, y, loss_mask) * weight)
+        return loss, dout, weight, correct
+
+    def _train_step(self, x, y, mask):
+        self.zero_grad()
+        out, _ = self._forward(x, mask)
+        loss, dout, weight, correct = self._loss(out, y, mask)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"Sequential.fit: the loss became {loss} (diverged): lower the learning "
+                                     f"rate or set compile(clip_norm=...); the weights were not updated by this batch")
+        self.backward(dout)
+        grads = self.grads
+        if self.clip_norm is not None:
+            clip_grad_norm(grads, self.clip_norm)
+        self.optimizer.step(self.params, grads)
+        return loss, weight, correct
+
+    def train_on_batch(self, x, y, mask=None):
+        """One optimizer step on one batch; returns the batch loss. Stateful: carries the state on."""
+        where = "Sequential.train_on_batch"
+        self._check_compiled(where)
+        x, mask = self._check_x(where, x, mask)
+        y = self._check_y(where, y, x.shape[0], x.shape[1])
+        if self.stateful:
+            self._check_batches(where, x.shape[0], x.shape[0])
+        return self._train_step(x, y, mask)[0]
+
+    def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, mask=None, progress=True):
+        """Train; returns history {"loss": [...], "val_loss": [...], "accuracy": [...], "val_accuracy": [...]}.
+
+        x : (N, T, D); y : (N, out) or (N, T, out) (cross_entropy: class ids (N,) / (N, T) or one-hot);
+        mask : (N, T) bool or None. The epoch loss is the mean over every sample (element) of the epoch.
+        Stateful: reset_states() at the start of each epoch; batch k = rows [k batch_size, (k+1) batch_size)
+        in order; shuffle=True and a last partial batch are refused.
+        """
+        where = "Sequential.fit"
+        self._check_compiled(where)
+        x, mask = self._check_x(where, x, mask)
+        N, T = x.shape[:2]
+        y = self._check_y(where, y, N, T)
+        epochs = check_positive_int(where, "epochs", epochs)
+        if self.stateful and shuffle:
+            raise ValueError(
+                f"{where}: shuffle=True is refused for a stateful model: row i of batch k+1 must continue row i "
+                f"of batch k, and shuffling would feed each row a state carried over from an unrelated sequence. "
+                f"Pass shuffle=False (and data in stateful order, e.g. from stream_batches).")
+        bs = self._check_batches(where, N, batch_size)
+        val = None if validation_data is None else self._check_validation(where, validation_data)
+        if val is not None and self.stateful:
+            self._check_batches(where, val[0].shape[0], bs)
+
+        history = {"loss": []}
+        if self.loss == "cross_entropy":
+            history["accuracy"] = []
+        if val is not None:
+            history["val_loss"] = []
+            if self.loss == "cross_entropy":
+                history["val_accuracy"] = []
+        starts = range(0, N, bs)
+        for e in range(epochs):
+            epoch = self.epochs_trained
+            if self.stateful:
+                self.reset_states()
+            order = np.random.default_rng([self.seed, epoch]).permutation(N) if shuffle else np.arange(N)
+            bar = _progress(progress, len(starts), f"epoch {epoch + 1} ({e + 1}/{epochs})")
+            total = weight = correct = 0
+            for s in starts:
+                idx = order[s:s + bs]
+                contiguous = not shuffle
+                xb = x[s:s + bs] if contiguous else x[idx]
+                yb = y[s:s + bs] if contiguous else y[idx]
+                mb = None if mask is None else (mask[s:s + bs] if contiguous else mask[idx])
+                loss, w, c = self._train_step(xb, yb, mb)
+                total, weight, correct = total + loss * w, weight + w, correct + c
+                bar.update(loss=total / weight if weight else 0.0)
+            self.epochs_trained += 1
+            history["loss"].append(total / weight if weight else 0.0)
+            if self.loss == "cross_entropy":
+                history["accuracy"].append(correct / weight if weight else 0.0)
+            if val is not None:
+                carried = self.states
+                if self.stateful:
+                    self.reset_states()
+                res = self._evaluate(*val, bs)
+                if self.stateful:
+                    self.states = carried
+                history["val_loss"].append(res["loss"])
+                if "accuracy" in res:
+                    history["val_accuracy"].append(res["accuracy"])
+            bar.close({k: v[-1] for k, v in history.items()})
+        return history
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, x, batch_size=None, mask=None):
+        """x : (N, T, D) -> (N, out), or (N, T, out) with return_sequences.
+
+        batch_size: None = all rows at once (stateful: the locked batch size). Stateful: batches run in
+        order from the carried state, which they update (as Keras's predict).
+        """
+        where = "Sequential.predict"
+        x, mask = self._check_x(where, x, mask)
+        bs = self._check_batches(where, x.shape[0], batch_size)
+        outs = [self._forward(x[s:s + bs], None if mask is None else mask[s:s + bs])[0]
+                for s in range(0, x.shape[0], bs)]
+        return np.concatenate(outs, axis=0)
+
+    def evaluate(self, x, y, batch_size=None, mask=None):
+        """{"loss": mean over every sample (element), "accuracy": ... (cross_entropy only)}; batches as predict."""
+        where = "Sequential.evaluate"
+        self._check_compiled(where)
+        x, mask = self._check_x(where, x, mask)
+        y = self._check_y(where, y, x.shape[0], x.shape[1])
+        bs = self._check_batches(where, x.shape[0], batch_size)
+        return self._evaluate(x, y, mask, bs)
+
+    def _evaluate(self, x, y, mask, bs):
+        total = weight = correct = 0
+        for s in range(0, x.shape[0], bs):
+            mb = None if mask is None else mask[s:s + bs]
+            out, _ = self._forward(x[s:s + bs], mb)
+            loss, _, w, c = self._loss(out, y[s:s + bs], mb)
+            total, weight, correct = total + loss * w, weight + w, correct + c
+        res = {"loss": total / weight if weight else 0.0}
+        if self.loss == "cross_entropy":
+            res["accuracy"] = correct / weight if weight else 0.0
+        return res
+
+    def generate(self, seed_sequence, steps):
+        """Run seed_sequence (T0, D), then feed each prediction back as the next input, carrying the state.
+
+        returns (steps, D): the predictions. A cross_entropy model feeds back (and returns) the one-hot of
+        its most likely class. Needs output size == input size. Batch of one; a stateful model starts from
+        (and updates) its carried state, so it must be locked to batch size 1 (or not locked yet).
+        """
+        where = "Sequential.generate"
+        if self.output_size != self.input_size:
+            raise ValueError(f"{where}: the model maps {self.input_size} features to {self.output_size}: feeding "
+                             f"predictions back needs output size == input size")
+        steps = check_positive_int(where, "steps", steps)
+        seed = as_float_array(where, "seed_sequence", seed_sequence, self.dtype)
+        if seed.ndim != 2 or seed.shape[1] != self.input_size or seed.shape[0] < 1:
+            raise ValueError(f"{where}: seed_sequence has shape {tuple(seed.shape)}, expected (T0, {self.input_size})")
+        if self.stateful and self._batch_size not in (None, 1):
+            raise ValueError(f"{where}: the model is stateful with batch size {self._batch_size}; generate runs one "
+                             f"sequence: call reset_states(batch_size=1) first (or copy the weights to a stateless model)")
+        carry = not self.stateful           # stateless: carry (h, c) from call to call here
+        out, states = self._forward(np.ascontiguousarray(seed[None]), None)
+        preds = np.empty((steps, self.input_size), self.dtype)
+        for k in range(steps):
+            p = out[0, -1] if self.return_sequences else out[0]               # (D,)
+            if self.loss == "cross_entropy":
+                p = np.eye(self.input_size, dtype=self.dtype)[int(np.argmax(p))]
+            preds[k] = p
+            if k + 1 < steps:
+                out, states = self._forward(preds[k].reshape(1, 1, -1), None, states if carry else None)
+        return preds
+
+    # ------------------------------------------------------------------ checkpoints
+    def config(self):
+        """The architecture and training settings, JSON-ready."""
+        layers = []
+        for layer in self.layers:
+            if isinstance(layer, LSTM):
+                layers.append({"type": "LSTM", "input_size": layer.input_size, "hidden_size": layer.hidden_size,
+                               "num_layers": layer.num_layers, "batch_first": layer.batch_first,
+                               "dtype": layer.dtype.name, "forget_bias": layer.forget_bias})
+            else:
+                layers.append({"type": "Linear", "in_features": layer.in_features,
+                               "out_features": layer.out_features, "dtype": layer.dtype.name})
+        return {"format": FORMAT, "version": VERSION, "layers": layers, "return_sequences": self.return_sequences,
+                "stateful": self.stateful, "seed": self.seed, "epochs_trained": self.epochs_trained,
+                "batch_size": self._batch_size}
+
+    def save(self, path, include_state=False):
+        """Write config, weights, optimizer state (and, with include_state, the carried state) to one .npz.
+
+        Atomic: written to a temporary file beside `path`, then os.replace'd over it.
+        """
+        where = "Sequential.save"
+        config = self.config()
+        arrays = {f"param/{k}": np.asarray(v) for k, v in self.params.items()}
+        config["compile"] = None
+        if self.loss is not None:
+            sd = self.optimizer.state_dict()
+            if sd.get("type") not in OPTIMIZERS:
+                raise ValueError(f"{where}: can only save the optimizers {sorted(OPTIMIZERS)}, got {sd.get('type')!r}")
+            buffers = sd.pop("buffers")
+            config["compile"] = {"loss": self.loss, "clip_norm": self.clip_norm, "optimizer": sd}
+            for b, d in buffers.items():
+                for k, v in d.items():
+                    arrays[f"optim/{b}/{k}"] = np.asarray(v)
+            config["compile"]["buffers"] = sorted(buffers)
+        config["has_state"] = False
+        if include_state:
+            if not self.stateful:
+                raise ValueError(f"{where}: include_state=True needs a stateful model (a stateless one carries nothing)")
+            states = self.states
+            if states is not None:
+                config["has_state"] = True
+                for j, (h, c) in enumerate(states):
+                    arrays[f"state/{j}/h"], arrays[f"state/{j}/c"] = np.asarray(h), np.asarray(c)
+        arrays["config"] = np.array(json.dumps(config))
+        arrays["digest"] = np.array(_digest(arrays))
+        _atomic_savez(path, arrays)
+
+
+# ---------------------------------------------------------------------- checkpoint helpers
+def _digest(arrays):
+    """SHA-256 over every array's name, dtype, shape and bytes (the 'digest' entry itself excluded)."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        if k == "digest":
+            continue
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _atomic_savez(path, arrays):
+    """np.savez into a temp file in path's directory, fsync, os.replace over path; no temp file survives a failure."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load(path):
+    """A Sequential from a checkpoint written by save: architecture, weights, compile settings and
+    optimizer state, epochs trained, and the carried state if it was saved. Validates everything and
+    raises ValueError saying what is wrong; a truncated or corrupted file is refused."""
+    where = "load"
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{where}: no checkpoint at {path!r}")
+    bad = f"{where}: {path!r} is not a readable npylstm checkpoint (truncated or corrupted?)"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}             # reads every member: zip CRCs are checked here
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise ValueError(f"{bad}: {type(e).__name__}: {e}") from None
+    if not isinstance(arrays, dict) or "config" not in arrays or "digest" not in arrays:
+        raise ValueError(f"{bad}: it lacks the 'config' and 'digest' entries")
+    if str(arrays["digest"]) != _digest(arrays):
+        raise ValueError(f"{bad}: its content does not match its SHA-256 digest")
+    try:
+        config = json.loads(str(arrays["config"]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{bad}: config is not JSON: {e}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{where}: {path!r} is not a {FORMAT} checkpoint (format {config.get('format') if isinstance(config, dict) else None!r})")
+    if config.get("version") != VERSION:
+        raise ValueError(f"{where}: {path!r} has checkpoint version {config.get('version')!r}, this npylstm reads {VERSION}")
+    try:
+        model = _model_from_config(config)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{where}: {path!r} has an incomplete or malformed config ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {path!r} has an invalid config: {e}") from None
+
+    params = model.params
+    expected = {f"param/{k}" for k in params}
+    got = {k for k in arrays if k.startswith("param/")}
+    if got != expected:
+        raise ValueError(f"{where}: {path!r} holds parameters {sorted(got)}, the config needs {sorted(expected)}")
+    for k, v in params.items():
+        a = arrays[f"param/{k}"]
+        if a.shape != v.shape or a.dtype != v.dtype:
+            raise ValueError(f"{where}: parameter {k!r} has shape {a.shape} and dtype {a.dtype}, the config "
+                             f"needs {v.shape} and {v.dtype}")
+    for k, v in params.items():
+        v[...] = arrays[f"param/{k}"]
+
+    comp = config.get("compile")
+    if comp is not None:
+        try:
+            sd = dict(comp["optimizer"])
+            kind = sd.get("type")
+            if kind not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {kind!r}")
+            buffers = {b: {} for b in comp["buffers"]}
+            for name, a in arrays.items():
+                if name.startswith("optim/"):
+                    _, b, k = name.split("/", 2)
+                    if b not in buffers:
+                        raise ValueError(f"optimizer buffer {b!r} is not in the config")
+                    if k not in params or a.shape != params[k].shape or a.dtype != params[k].dtype:
+                        raise ValueError(f"optimizer buffer {name!r} does not match a parameter of the model")
+                    buffers[b][k] = a.copy()
+            sd["buffers"] = buffers
+            opt = OPTIMIZERS[kind](**{h: sd[h] for h in sd if h not in ("type", "t", "buffers")})
+            opt.load_state_dict(sd)
+            model.compile(loss=comp["loss"], optimizer=opt, clip_norm=comp["clip_norm"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {path!r} has an invalid optimizer state: {e}") from None
+
+    if config.get("has_state"):
+        states = []
+        for j, layer in enumerate(model.lstms):
+            try:
+                states.append((arrays[f"state/{j}/h"], arrays[f"state/{j}/c"]))
+            except KeyError as e:
+                raise ValueError(f"{where}: {path!r} says it holds the carried state but lacks {e}") from None
+        try:
+            model.states = states
+        except ValueError as e:
+            raise ValueError(f"{where}: {path!r} has an invalid carried state: {e}") from None
+    return model
+
+
+def _model_from_config(config):
+    layers = []
+    for spec in config["layers"]:
+        if spec["type"] == "LSTM":
+            layers.append(LSTM(spec["input_size"], spec["hidden_size"], num_layers=spec["num_layers"],
+                               batch_first=spec["batch_first"], dtype=spec["dtype"],
+                               forget_bias=spec["forget_bias"], seed=0))
+        elif spec["type"] == "Linear":
+            layers.append(Linear(spec["in_features"], spec["out_features"], dtype=spec["dtype"], seed=0))
+        else:
+            raise ValueError(f"unknown layer type {spec['type']!r}")
+    model = Sequential(layers, return_sequences=config["return_sequences"], stateful=config["stateful"],
+                       seed=config["seed"])
+    epochs = config["epochs_trained"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs_trained must be a non-negative int, got {epochs!r}")
+    model.epochs_trained = epochs
+    bs = config["batch_size"]
+    if bs is not None:
+        if not model.stateful:
+            raise ValueError("a stateless model has no locked batch size")
+        model.reset_states(batch_size=check_positive_int("load", "batch_size", bs))
+    return model
+
+
+# ---------------------------------------------------------------------- progress
+class _progress:
+    """A tqdm bar showing the running loss; plain one line per epoch if tqdm is missing; nothing if disabled."""
+
+    def __init__(self, enabled, total, desc):
+        self.enabled, self.desc, self.bar = bool(enabled), desc, None
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc=desc, unit="batch", leave=True, file=sys.stderr)
+
+    def update(self, loss):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self.bar.update(1)
+
+    def close(self, summary):
+        text = ", ".join(f"{k}={v:.4g}" for k, v in summary.items())
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+            self.bar.close()
+        elif self.enabled:
+            print(f"{self.desc}: {text}", file=sys.stderr)
