@@ -26,7 +26,6 @@ import math
 import os
 import sys
 import tempfile
-import zipfile
 
 import numpy as np
 
@@ -587,7 +586,7 @@ def load(path):
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}             # reads every member: zip CRCs are checked here
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+    except Exception as e:  # BadZipFile, bad CRC, EOFError, "compression method not supported", pickled data, ...
         raise ValueError(f"{bad}: {type(e).__name__}: {e}") from None
     if not isinstance(arrays, dict) or "config" not in arrays or "digest" not in arrays:
         raise ValueError(f"{bad}: it lacks the 'config' and 'digest' entries")
