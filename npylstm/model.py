@@ -252,7 +252,7 @@ class Sequential:
         bs = batch_size or self._batch_size or N
         if self._batch_size is not None and bs != self._batch_size:
             raise ValueError(
-                f"{where}: the model is stateful with batch size {self._batch_size}, got batch_size={bs}: row i "
+                f"{where}: the model is stateful with batch size {self._batch_size}, got batches of {bs}: row i "
                 f"of each batch continues row i of the previous one, so the batch size cannot change. Call "
                 f"reset_states(batch_size={bs}) to start over with {bs} rows.")
         if N % bs:

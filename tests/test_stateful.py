@@ -195,7 +195,7 @@ def _nan(a):
 
 
 MISUSE = [
-    ("fit: batch size changed", lambda m, x, y: m.fit(x, y, batch_size=2, shuffle=False), "batch size 4, got batch_size=2"),
+    ("fit: batch size changed", lambda m, x, y: m.fit(x, y, batch_size=2, shuffle=False), "batch size 4, got batches of 2"),
     ("fit: shuffle with stateful", lambda m, x, y: m.fit(x, y, batch_size=4), "shuffle=True is refused"),
     ("fit: last partial batch", lambda m, x, y: m.fit(x[:10], y[:10], batch_size=4, shuffle=False), "last one would have 2 rows"),
     ("fit: x and y lengths", lambda m, x, y: m.fit(x, y[:-4], batch_size=4, shuffle=False), "x has 40 rows but y has 36 rows"),
@@ -208,13 +208,13 @@ MISUSE = [
     ("fit: mask not bool", lambda m, x, y: m.fit(x, y, batch_size=4, shuffle=False, mask=np.ones(x.shape[:2])), "mask must be booleans"),
     ("fit: wrong y shape", lambda m, x, y: m.fit(x, y[:, -1], batch_size=4, shuffle=False), "return_sequences"),
     ("fit: epochs", lambda m, x, y: m.fit(x, y, epochs=0, batch_size=4, shuffle=False), "epochs must be a positive int"),
-    ("predict: batch size changed", lambda m, x, y: m.predict(x, batch_size=12), "batch size 4, got batch_size=12"),
-    ("forward: batch size changed", lambda m, x, y: m.forward(x[:3]), "batch size 4, got batch_size=3"),
+    ("predict: batch size changed", lambda m, x, y: m.predict(x, batch_size=12), "batch size 4, got batches of 12"),
+    ("forward: batch size changed", lambda m, x, y: m.forward(x[:3]), "batch size 4, got batches of 3"),
     ("evaluate: partial batch", lambda m, x, y: m.evaluate(x[:6], y[:6]), "not a whole number of batches"),
     ("reset_states: rows shape", lambda m, x, y: m.reset_states(np.ones(3, bool)), r"expected \(4,\)"),
     ("reset_states: rows dtype", lambda m, x, y: m.reset_states(np.ones(4)), "rows must be booleans"),
     ("generate: batch size 4", lambda m, x, y: m.generate(x[0], 3), "reset_states\\(batch_size=1\\)"),
-    ("train_on_batch: batch size", lambda m, x, y: m.train_on_batch(x[:8], y[:8]), "batch size 4, got batch_size=8"),
+    ("train_on_batch: batch size", lambda m, x, y: m.train_on_batch(x[:8], y[:8]), "batch size 4, got batches of 8"),
 ]
 
 
