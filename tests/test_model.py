@@ -235,18 +235,24 @@ def test_y_of_shape_n_is_accepted_for_one_output():
     assert model.evaluate(x, y)["loss"] == pytest.approx(model.evaluate(x, y[:, None])["loss"])
 
 
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("return_sequences", [False, True])
-def test_generate_equals_rerunning_the_whole_sequence(return_sequences):
-    """Carrying (h, c) step by step gives what a fresh run over seed + predictions so far would."""
+def test_generate_equals_rerunning_the_whole_sequence(return_sequences, loss):
+    """Carrying (h, c) step by step gives what a fresh run over seed + predictions so far would
+    (cross_entropy: the one-hot of the most likely class is what is fed back)."""
     rng = np.random.default_rng(4)
-    model = build(rng, 2, [4, 3], 2, [True, False], 2, return_sequences, False)
-    seed = rng.normal(size=(3, 2))
-    preds = model.generate(seed, 5)
-    assert preds.shape == (5, 2)
+    C = 4
+    model = build(rng, C, [5, 3], 2, [True, False], C, return_sequences, False)
+    model.compile(loss)
+    seed = rng.normal(size=(3, C))
+    preds = model.generate(seed, 6)
+    assert preds.shape == (6, C)
     seq = seed
-    for k in range(5):
+    for k in range(6):
         out = model.predict(seq[None])
         expected = out[0, -1] if return_sequences else out[0]
+        if loss == "cross_entropy":
+            expected = one_hot(np.array(expected.argmax()), C, dtype=np.float64)
         np.testing.assert_allclose(preds[k], expected, rtol=1e-10, atol=1e-12)
         seq = np.concatenate([seq, preds[k][None]], axis=0)
 
@@ -294,3 +300,57 @@ def test_num_parameters_and_layers():
     model = Sequential([LSTM(2, 3), LSTM(3, 4), Linear(4, 1)])
     assert model.num_parameters() == (2 * 12 + 3 * 12 + 12) + (3 * 16 + 4 * 16 + 16) + (4 + 1)
     assert len(model.layers) == 3 and model.output_size == 1
+
+
+TORCH_RTOL = 1e-9   # float64 on both sides, same formulas; only the order of floating-point operations differs
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_training_matches_pytorch(return_sequences):
+    """Three Adam steps with gradient clipping on an LSTM stack + Linear head: same losses and weights as torch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    N, T, D, H1, H2, O = 6, 5, 3, 4, 3, 2
+    x = rng.normal(size=(N, T, D))
+    y = rng.normal(size=(N, T, O) if return_sequences else (N, O))
+    torch.manual_seed(0)
+    t_lstm = torch.nn.LSTM(D, H1, num_layers=1, batch_first=True, dtype=torch.float64)
+    t_lstm2 = torch.nn.LSTM(H1, H2, num_layers=2, batch_first=False, dtype=torch.float64)
+    t_head = torch.nn.Linear(H2, O, dtype=torch.float64)
+    for m in (t_lstm, t_lstm2):
+        for name, p in m.named_parameters():
+            if name.startswith("bias_hh"):                      # our one bias b = bias_ih + bias_hh: freeze bias_hh at 0
+                torch.nn.init.zeros_(p)
+                p.requires_grad_(False)
+    from npylstm import from_torch
+    ours = Sequential([from_torch(t_lstm, dtype=np.float64), from_torch(t_lstm2, dtype=np.float64),
+                       Linear(H2, O, dtype=np.float64)], return_sequences=return_sequences, seed=0)
+    ours.layers[2].params["W"][...] = t_head.weight.detach().numpy().T
+    ours.layers[2].params["b"][...] = t_head.bias.detach().numpy()
+    ours.compile("mse", Adam(lr=0.05), clip_norm=0.5)
+    history = ours.fit(x, y, epochs=1, batch_size=2, shuffle=False, progress=False)
+
+    params = [p for m in (t_lstm, t_lstm2, t_head) for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=0.05)
+    losses = []
+    for s in range(0, N, 2):
+        xb, yb = torch.tensor(x[s:s + 2]), torch.tensor(y[s:s + 2])
+        h, _ = t_lstm(xb)
+        h, _ = t_lstm2(h.transpose(0, 1))
+        h = h.transpose(0, 1)
+        out = t_head(h if return_sequences else h[:, -1])
+        loss = torch.nn.functional.mse_loss(out, yb)
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params))      # clip by global norm, as ours (torch's
+        if norm > 0.5:                                                   # clip_grad_norm_ adds 1e-6 to the norm)
+            for p in params:
+                p.grad *= 0.5 / norm
+        opt.step()
+        losses.append(loss.item())
+    assert history["loss"][0] == pytest.approx(np.mean(losses), rel=TORCH_RTOL)
+    expected = {**{f"0.{k}": v for k, v in from_torch(t_lstm, dtype=np.float64).params.items()},
+                **{f"1.{k}": v for k, v in from_torch(t_lstm2, dtype=np.float64).params.items()},
+                "2.W": t_head.weight.detach().numpy().T, "2.b": t_head.bias.detach().numpy()}
+    for k, v in ours.params.items():
+        np.testing.assert_allclose(v, expected[k], rtol=TORCH_RTOL, atol=1e-12, err_msg=k)

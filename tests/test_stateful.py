@@ -167,6 +167,39 @@ def test_stateful_generate_uses_and_updates_the_carried_state():
     assert not np.allclose(after[0][0], carried[0][0])           # and updated
 
 
+def test_stateful_validation_starts_from_zeros_and_keeps_the_training_state():
+    x, y = _stream()
+    a, b = make_model(), make_model()
+    for m in (a, b):
+        m.compile("mse", Adam(lr=0.01))
+    xv, yv = x[:8], y[:8]
+    h = a.fit(x, y, epochs=1, batch_size=4, shuffle=False, validation_data=(xv, yv), progress=False)
+    b.fit(x, y, epochs=1, batch_size=4, shuffle=False, progress=False)
+    for (ha, ca), (hb, cb) in zip(a.states, b.states):               # validation did not disturb the carried state
+        assert np.array_equal(ha, hb) and np.array_equal(ca, cb)
+    b.reset_states()
+    assert h["val_loss"][0] == b.evaluate(xv, yv)["loss"]
+
+
+def test_lstm_state_setter():
+    layer = LSTM(2, 3, num_layers=2, stateful=True, dtype=np.float64, seed=3)
+    rng = np.random.default_rng(0)
+    h, c = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 5, 3))
+    layer.state = (h, c)
+    x = rng.normal(size=(4, 5, 2))
+    y, _ = layer(x)
+    y0, _ = LSTM(2, 3, num_layers=2, dtype=np.float64, seed=3)(x, (h, c))
+    np.testing.assert_array_equal(y, y0)                           # the set state is where the call starts
+    with pytest.raises(ValueError, match="batch size cannot change"):
+        layer(rng.normal(size=(4, 6, 2)))                          # and it locked the batch size to 5
+    with pytest.raises(ValueError, match=r"h has shape \(2, 5, 4\), expected \(2, \*, 3\)"):
+        layer.state = (np.zeros((2, 5, 4)), np.zeros((2, 5, 4)))
+    with pytest.raises(ValueError, match="only a stateful layer"):
+        LSTM(2, 3).state = (h, c)
+    layer.state = None
+    assert layer.state is None
+
+
 # ---------------------------------------------------------------- misuse leaves the model unchanged
 def _snapshot(model):
     return ({k: v.copy() for k, v in model.params.items()}, model.optimizer.state_dict(), model.states,
