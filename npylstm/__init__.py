@@ -12,4 +12,5 @@ from .data import StreamBatches, chronological_split, make_windows, one_hot, pad
 from .layers import Linear
 from .losses import cross_entropy_loss, mse_loss
 from .optim import SGD, Adam, clip_grad_norm
-from .model import Sequential, load
+from .checkpoint import load
+from .model import Sequential

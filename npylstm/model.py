@@ -14,18 +14,11 @@ Stateful contract (Keras `stateful=True`, PyTorch's detached (h_n, c_n) fed back
 Every public method validates all of its arguments before it changes anything: a refused call leaves
 weights, optimizer state and carried state as they were.
 
-Checkpoints (save / load) are one .npz, read with allow_pickle=False: `config` (JSON in a string
-array), `param/<name>`, `optim/<buffer>/<name>`, optionally `state/<layer>/h|c`, and `digest` (SHA-256
-over all of them). They are written to a temporary file in the same directory and moved into place
-with os.replace, so a crash never leaves a half-written file where a good one was.
+Checkpoints: model.save(path) and npylstm.load(path), in checkpoint.py.
 """
 
-import hashlib
-import json
 import math
-import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -33,11 +26,9 @@ from .checks import as_float_array, check_positive_int
 from .layers import Linear
 from .losses import accuracy, class_targets, cross_entropy_loss, mse_loss
 from .lstm import LSTM
-from .optim import SGD, Adam, clip_grad_norm
+from .optim import Adam, clip_grad_norm
 
 LOSSES = {"mse": mse_loss, "cross_entropy": cross_entropy_loss}
-OPTIMIZERS = {"SGD": SGD, "Adam": Adam}
-FORMAT, VERSION = "npylstm.Sequential", 1
 
 
 class Sequential:
@@ -505,181 +496,17 @@ class Sequential:
             else:
                 layers.append({"type": "Linear", "in_features": layer.in_features,
                                "out_features": layer.out_features, "dtype": layer.dtype.name})
-        return {"format": FORMAT, "version": VERSION, "layers": layers, "return_sequences": self.return_sequences,
+        return {"layers": layers, "return_sequences": self.return_sequences,
                 "stateful": self.stateful, "seed": self.seed, "epochs_trained": self.epochs_trained,
                 "batch_size": self._batch_size}
 
     def save(self, path, include_state=False):
         """Write config, weights, optimizer state (and, with include_state, the carried state) to one .npz.
 
-        Atomic: written to a temporary file beside `path`, then os.replace'd over it.
+        Atomic: written to a temporary file beside `path`, then os.replace'd over it. See checkpoint.py.
         """
-        where = "Sequential.save"
-        config = self.config()
-        arrays = {f"param/{k}": np.asarray(v) for k, v in self.params.items()}
-        config["compile"] = None
-        if self.loss is not None:
-            sd = self.optimizer.state_dict()
-            if sd.get("type") not in OPTIMIZERS:
-                raise ValueError(f"{where}: can only save the optimizers {sorted(OPTIMIZERS)}, got {sd.get('type')!r}")
-            buffers = sd.pop("buffers")
-            config["compile"] = {"loss": self.loss, "clip_norm": self.clip_norm, "optimizer": sd}
-            for b, d in buffers.items():
-                for k, v in d.items():
-                    arrays[f"optim/{b}/{k}"] = np.asarray(v)
-            config["compile"]["buffers"] = sorted(buffers)
-        config["has_state"] = False
-        if include_state:
-            if not self.stateful:
-                raise ValueError(f"{where}: include_state=True needs a stateful model (a stateless one carries nothing)")
-            states = self.states
-            if states is not None:
-                config["has_state"] = True
-                for j, (h, c) in enumerate(states):
-                    arrays[f"state/{j}/h"], arrays[f"state/{j}/c"] = np.asarray(h), np.asarray(c)
-        arrays["config"] = np.array(json.dumps(config))
-        arrays["digest"] = np.array(_digest(arrays))
-        _atomic_savez(path, arrays)
-
-
-# ---------------------------------------------------------------------- checkpoint helpers
-def _digest(arrays):
-    """SHA-256 over every array's name, dtype, shape and bytes (the 'digest' entry itself excluded)."""
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        if k == "digest":
-            continue
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _atomic_savez(path, arrays):
-    """np.savez into a temp file in path's directory, fsync, os.replace over path; no temp file survives a failure."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def load(path):
-    """A Sequential from a checkpoint written by save: architecture, weights, compile settings and
-    optimizer state, epochs trained, and the carried state if it was saved. Validates everything and
-    raises ValueError saying what is wrong; a truncated or corrupted file is refused."""
-    where = "load"
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{where}: no checkpoint at {path!r}")
-    bad = f"{where}: {path!r} is not a readable npylstm checkpoint (truncated or corrupted?)"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}             # reads every member: zip CRCs are checked here
-    except Exception as e:  # BadZipFile, bad CRC, EOFError, "compression method not supported", pickled data, ...
-        raise ValueError(f"{bad}: {type(e).__name__}: {e}") from None
-    if not isinstance(arrays, dict) or "config" not in arrays or "digest" not in arrays:
-        raise ValueError(f"{bad}: it lacks the 'config' and 'digest' entries")
-    if str(arrays["digest"]) != _digest(arrays):
-        raise ValueError(f"{bad}: its content does not match its SHA-256 digest")
-    try:
-        config = json.loads(str(arrays["config"]))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{bad}: config is not JSON: {e}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{where}: {path!r} is not a {FORMAT} checkpoint (format {config.get('format') if isinstance(config, dict) else None!r})")
-    if config.get("version") != VERSION:
-        raise ValueError(f"{where}: {path!r} has checkpoint version {config.get('version')!r}, this npylstm reads {VERSION}")
-    try:
-        model = _model_from_config(config)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{where}: {path!r} has an incomplete or malformed config ({type(e).__name__}: {e})") from None
-    except ValueError as e:
-        raise ValueError(f"{where}: {path!r} has an invalid config: {e}") from None
-
-    params = model.params
-    expected = {f"param/{k}" for k in params}
-    got = {k for k in arrays if k.startswith("param/")}
-    if got != expected:
-        raise ValueError(f"{where}: {path!r} holds parameters {sorted(got)}, the config needs {sorted(expected)}")
-    for k, v in params.items():
-        a = arrays[f"param/{k}"]
-        if a.shape != v.shape or a.dtype != v.dtype:
-            raise ValueError(f"{where}: parameter {k!r} has shape {a.shape} and dtype {a.dtype}, the config "
-                             f"needs {v.shape} and {v.dtype}")
-    for k, v in params.items():
-        v[...] = arrays[f"param/{k}"]
-
-    comp = config.get("compile")
-    if comp is not None:
-        try:
-            sd = dict(comp["optimizer"])
-            kind = sd.get("type")
-            if kind not in OPTIMIZERS:
-                raise ValueError(f"unknown optimizer {kind!r}")
-            buffers = {b: {} for b in comp["buffers"]}
-            for name, a in arrays.items():
-                if name.startswith("optim/"):
-                    _, b, k = name.split("/", 2)
-                    if b not in buffers:
-                        raise ValueError(f"optimizer buffer {b!r} is not in the config")
-                    if k not in params or a.shape != params[k].shape or a.dtype != params[k].dtype:
-                        raise ValueError(f"optimizer buffer {name!r} does not match a parameter of the model")
-                    buffers[b][k] = a.copy()
-            sd["buffers"] = buffers
-            opt = OPTIMIZERS[kind](**{h: sd[h] for h in sd if h not in ("type", "t", "buffers")})
-            opt.load_state_dict(sd)
-            model.compile(loss=comp["loss"], optimizer=opt, clip_norm=comp["clip_norm"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: {path!r} has an invalid optimizer state: {e}") from None
-
-    if config.get("has_state"):
-        states = []
-        for j, layer in enumerate(model.lstms):
-            try:
-                states.append((arrays[f"state/{j}/h"], arrays[f"state/{j}/c"]))
-            except KeyError as e:
-                raise ValueError(f"{where}: {path!r} says it holds the carried state but lacks {e}") from None
-        try:
-            model.states = states
-        except ValueError as e:
-            raise ValueError(f"{where}: {path!r} has an invalid carried state: {e}") from None
-    return model
-
-
-def _model_from_config(config):
-    layers = []
-    for spec in config["layers"]:
-        if spec["type"] == "LSTM":
-            layers.append(LSTM(spec["input_size"], spec["hidden_size"], num_layers=spec["num_layers"],
-                               batch_first=spec["batch_first"], dtype=spec["dtype"],
-                               forget_bias=spec["forget_bias"], seed=0))
-        elif spec["type"] == "Linear":
-            layers.append(Linear(spec["in_features"], spec["out_features"], dtype=spec["dtype"], seed=0))
-        else:
-            raise ValueError(f"unknown layer type {spec['type']!r}")
-    model = Sequential(layers, return_sequences=config["return_sequences"], stateful=config["stateful"],
-                       seed=config["seed"])
-    epochs = config["epochs_trained"]
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs_trained must be a non-negative int, got {epochs!r}")
-    model.epochs_trained = epochs
-    bs = config["batch_size"]
-    if bs is not None:
-        if not model.stateful:
-            raise ValueError("a stateless model has no locked batch size")
-        model.reset_states(batch_size=check_positive_int("load", "batch_size", bs))
-    return model
+        from .checkpoint import save
+        save(self, path, include_state)
 
 
 # ---------------------------------------------------------------------- progress

@@ -9,7 +9,7 @@ import pytest
 
 import npylstm
 from npylstm import LSTM, SGD, Adam, Linear, Sequential, load, stream_batches
-from npylstm.model import _digest
+from npylstm.checkpoint import _digest
 
 
 def make_model(stateful=False, dtype=np.float32, head=True, return_sequences=False, seed=0, D=2):
