@@ -68,6 +68,9 @@ class Sequential:
             seed = int(np.random.default_rng().integers(2**63))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
+        locked = {layer._batch_size for layer in layers if isinstance(layer, LSTM) and layer._batch_size is not None}
+        if len(locked) > 1:
+            raise ValueError(f"{where}: the stateful layers passed are locked to different batch sizes {sorted(locked)}")
 
         self.layers = layers
         self.lstms = [layer for layer in layers if isinstance(layer, LSTM)]
@@ -84,10 +87,7 @@ class Sequential:
         self.optimizer = None
         self.clip_norm = None
         self.epochs_trained = 0         # epochs fit has completed, over every call (and across checkpoints)
-        locked = {layer._batch_size for layer in self.lstms if layer._batch_size is not None}
-        self._batch_size = locked.pop() if len(locked) == 1 else None   # stateful: locked by the first call
-        if locked:
-            raise ValueError(f"{where}: the stateful layers passed are locked to different batch sizes")
+        self._batch_size = locked.pop() if locked else None   # stateful: locked by the first call
         self._last = None               # (N, T) of the last forward, for backward
 
     # ------------------------------------------------------------------ parameters and state
@@ -234,7 +234,7 @@ class Sequential:
                              f"{' (return_sequences: one target per step)' if self.return_sequences else ''}")
         return np.ascontiguousarray(y)
 
-    def _check_batches(self, where, N, batch_size, default_all=True):
+    def _check_batches(self, where, N, batch_size):
         """The batch size to use; stateful: the locked one, dividing N."""
         if batch_size is not None:
             batch_size = check_positive_int(where, "batch_size", batch_size)
@@ -307,7 +307,13 @@ class Sequential:
         if self._last is None:
             raise ValueError(f"{where}: call forward first: backward differentiates the last forward call")
         N, T = self._last
-        dY = self.head.backward(dout) if self.head is not None else as_float_array(where, "dout", dout, self.dtype)
+        if self.head is not None:
+            dY = self.head.backward(dout)                                   # checks dout's shape itself
+        else:
+            dY = as_float_array(where, "dout", dout, self.dtype)
+            expected = (N, T, self.output_size) if self.return_sequences else (N, self.output_size)
+            if tuple(dY.shape) != expected:
+                raise ValueError(f"{where}: dout has shape {tuple(dY.shape)}, expected the output's {expected}")
         if not self.return_sequences:
             # forward: out = Y[:, -1, :]  ->  dY is zero except at the last step
             full = np.zeros((N, T, dY.shape[-1]), self.dtype)
@@ -327,8 +333,7 @@ class Sequential:
             weight = out.size if loss_mask is None else int(loss_mask.sum()) * out.shape[-1]
             return loss, dout, weight, 0
         weight = int(np.prod(out.shape[:-1])) if loss_mask is None else int(loss_mask.sum())
-        correct = round(accuracy(out, y, loss_mask) * weight)
-        return loss, dout, weight, correct
+        return loss, dout, weight, round(accuracy(out, y, loss_mask) * weight)   # accuracy = hits / weight
 
     def _train_step(self, x, y, mask):
         self.zero_grad()
@@ -394,12 +399,8 @@ class Sequential:
             bar = _progress(progress, len(starts), f"epoch {epoch + 1} ({e + 1}/{epochs})")
             total = weight = correct = 0
             for s in starts:
-                idx = order[s:s + bs]
-                contiguous = not shuffle
-                xb = x[s:s + bs] if contiguous else x[idx]
-                yb = y[s:s + bs] if contiguous else y[idx]
-                mb = None if mask is None else (mask[s:s + bs] if contiguous else mask[idx])
-                loss, w, c = self._train_step(xb, yb, mb)
+                rows = order[s:s + bs] if shuffle else slice(s, s + bs)     # stateful: batch k = rows [k bs, (k+1) bs)
+                loss, w, c = self._train_step(x[rows], y[rows], None if mask is None else mask[rows])
                 total, weight, correct = total + loss * w, weight + w, correct + c
                 bar.update(loss=total / weight if weight else 0.0)
             self.epochs_trained += 1

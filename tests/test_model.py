@@ -266,6 +266,17 @@ def test_progress_bar_shows_the_loss(capsys):
     assert "loss=" in err and "epoch 2" in err
 
 
+def test_progress_is_plain_without_tqdm(capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)             # import tqdm.auto now raises ImportError
+    rng = np.random.default_rng(0)
+    model = build(rng, 1, [2], 1, [True], 1, False, False)
+    model.compile("mse")
+    h = model.fit(rng.normal(size=(8, 3, 1)), rng.normal(size=(8, 1)), epochs=2, batch_size=4, progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"epoch {e + 1} ({e + 1}/2): loss={h['loss'][e]:.4g}" for e in range(2)]
+
+
 def test_history_has_validation_and_accuracy_keys():
     rng = np.random.default_rng(0)
     model = build(rng, 3, [4], 1, [True], 3, False, False)
