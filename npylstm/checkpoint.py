@@ -39,7 +39,7 @@ def save(model, path, include_state=False):
     """Write `model` to `path` (see the module docstring); Sequential.save calls this."""
     where = "Sequential.save"
     config = {"format": FORMAT, "version": VERSION, **model.config()}
-    arrays = {f"param/{k}": np.asarray(v) for k, v in model.params.items()}
+    arrays = {f"param/{k}": _host(v) for k, v in model.params.items()}
     config["compile"] = None
     if model.loss is not None:
         sd = model.optimizer.state_dict()
@@ -50,7 +50,7 @@ def save(model, path, include_state=False):
                              "buffers": sorted(buffers)}
         for b, d in buffers.items():
             for k, v in d.items():
-                arrays[f"optim/{b}/{k}"] = np.asarray(v)
+                arrays[f"optim/{b}/{k}"] = _host(v)
     config["has_state"] = False
     if include_state:
         if not model.stateful:
@@ -59,10 +59,16 @@ def save(model, path, include_state=False):
         if states is not None:
             config["has_state"] = True
             for j, (h, c) in enumerate(states):
-                arrays[f"state/{j}/h"], arrays[f"state/{j}/c"] = np.asarray(h), np.asarray(c)
+                arrays[f"state/{j}/h"], arrays[f"state/{j}/c"] = _host(h), _host(c)
     arrays["config"] = np.array(json.dumps(config))
     arrays["digest"] = np.array(_digest(arrays))
     _atomic_savez(path, arrays)
+
+
+def _host(a):
+    """A NumPy copy of `a` (a GPU array is copied to the host with .get())."""
+    return a.get() if hasattr(a, "__cuda_array_interface__") else np.array(a)
+
 
 def _digest(arrays):
     """SHA-256 over every array's name, dtype, shape and bytes (the 'digest' entry itself excluded)."""
@@ -118,7 +124,8 @@ def load(path):
     except json.JSONDecodeError as e:
         raise ValueError(f"{bad}: config is not JSON: {e}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{where}: {path!r} is not a {FORMAT} checkpoint (format {config.get('format') if isinstance(config, dict) else None!r})")
+        fmt = config.get("format") if isinstance(config, dict) else None
+        raise ValueError(f"{where}: {path!r} is not a {FORMAT} checkpoint (format {fmt!r})")
     if config.get("version") != VERSION:
         raise ValueError(f"{where}: {path!r} has checkpoint version {config.get('version')!r}, this npylstm reads {VERSION}")
     try:
