@@ -485,6 +485,11 @@ class Sequential:
                 out, states = self._forward(preds[k].reshape(1, 1, -1), None, states if carry else None)
         return preds
 
+    def __repr__(self):
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return (f"Sequential([{inner}], return_sequences={self.return_sequences}, stateful={self.stateful}, "
+                f"seed={self.seed})")
+
     # ------------------------------------------------------------------ checkpoints
     def config(self):
         """The architecture and training settings, JSON-ready."""
