@@ -53,7 +53,7 @@ def test_per_sample_reset_equals_running_that_row_from_zeros():
     model.reset_states(rows)
     got = model.predict(x2)
     np.testing.assert_allclose(got[1], fresh[1], rtol=EXACT_RTOL, atol=1e-14)       # reset row: from zeros
-    np.testing.assert_allclose(got[rows == False], whole[rows == False, 5:], rtol=EXACT_RTOL, atol=1e-14)  # noqa: E712
+    np.testing.assert_allclose(got[~rows], whole[~rows, 5:], rtol=EXACT_RTOL, atol=1e-14)   # the others: continuing
     assert not np.allclose(got[0], fresh[0])                       # (the carried state did matter)
 
 
