@@ -18,6 +18,7 @@ carried state but nothing flows into the calls before.
 
 import numpy as np
 
+from . import gpu
 from . import sequence as numpy_backend
 from .checks import as_float_array, check_dtype, check_positive_int, check_shape
 
@@ -29,7 +30,7 @@ def param_names(layer):
 
 class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, batch_first=False, dtype=np.float32,
-                 seed=None, forget_bias=0.0, stateful=False):
+                 seed=None, forget_bias=0.0, stateful=False, device="cpu", kernel=None):
         where = "LSTM"
         self.input_size = check_positive_int(where, "input_size", input_size)
         self.hidden_size = H = check_positive_int(where, "hidden_size", hidden_size)
@@ -53,16 +54,18 @@ class LSTM:
             b[H:2 * H] += self.forget_bias
             self.params[n_b] = b.astype(self.dtype)
         self.grads = {}
+        self.device, self.kernel, self._xp = "cpu", None, np   # to() below moves everything to `device`
         self.zero_grad()
         self._backend = numpy_backend
         self._caches = None          # per layer, from the last forward
         self._call = None            # layout of the last forward: (batch_first, unbatched, T, N)
         self._state = None           # stateful: (h, c), each (L, N, H)
         self._batch_size = None      # stateful: locked by the first call
+        self.to(device, kernel=kernel)
 
     # ------------------------------------------------------------------ bookkeeping
     def zero_grad(self):
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.grads = {k: self._xp.zeros_like(v) for k, v in self.params.items()}
 
     def reset_states(self, rows=None, *, batch_size=None):
         """Stateful mode: zero the carried (h, c).
@@ -87,6 +90,7 @@ class LSTM:
             check_shape(where, "rows", rows, (self._batch_size,))
         if self._state is not None:
             h, c = self._state
+            rows = self._xp.asarray(rows)
             h[:, rows] = 0
             c[:, rows] = 0
 
@@ -127,7 +131,8 @@ class LSTM:
         """
         where = "LSTM.forward"
         L, H = self.num_layers, self.hidden_size
-        x = as_float_array(where, "x", x, self.dtype)
+        xp = self._xp
+        x = gpu.to_device(as_float_array(where, "x", x, self.dtype), self.device)
         if x.ndim not in (2, 3):
             raise ValueError(f"{where}: x must have 3 dimensions ({self._layout()}) or 2 (T, D) for "
                              f"unbatched input, got shape {tuple(x.shape)}")
@@ -147,16 +152,17 @@ class LSTM:
         if state is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise ValueError(f"{where}: state must be a pair (h0, c0), got {type(state).__name__}")
-            h0, c0 = (as_float_array(where, n, s, self.dtype) for n, s in zip(("h0", "c0"), state))
+            h0, c0 = (gpu.to_device(as_float_array(where, n, s, self.dtype), self.device)
+                      for n, s in zip(("h0", "c0"), state))
             check_shape(where, "h0", h0, state_shape)
             check_shape(where, "c0", c0, state_shape)
             h0, c0 = h0.reshape(L, N, H), c0.reshape(L, N, H)
         elif self.stateful and self._state is not None:
             h0, c0 = self._state
         else:
-            h0 = c0 = np.zeros((L, N, H), self.dtype)
+            h0 = c0 = xp.zeros((L, N, H), self.dtype)
         if mask is not None:
-            mask = np.asarray(mask)
+            mask = np.asarray(gpu.to_device(mask, "cpu"))
             if mask.dtype != bool:
                 raise ValueError(f"{where}: mask must be booleans, got dtype {mask.dtype}")
             check_shape(where, "mask", mask, x.shape[:-1])
@@ -164,8 +170,8 @@ class LSTM:
             mask = np.ascontiguousarray(mask)
 
         # -- everything is valid: from here on the call changes state
-        inp = np.ascontiguousarray(x_tm)
-        caches, h_n, c_n = [], np.empty((L, N, H), self.dtype), np.empty((L, N, H), self.dtype)
+        inp = xp.ascontiguousarray(x_tm)
+        caches, h_n, c_n = [], xp.empty((L, N, H), self.dtype), xp.empty((L, N, H), self.dtype)
         for layer in range(L):
             W_x, W_h, b = (self.params[k] for k in param_names(layer))
             inp, h_n[layer], c_n[layer], cache = self._backend.sequence_forward(
@@ -177,7 +183,7 @@ class LSTM:
             self._batch_size = N
             self._state = (h_n.copy(), c_n.copy())
         y = inp[:, 0] if unbatched else (inp.swapaxes(0, 1) if self.batch_first else inp)
-        y = np.array(y, order="C")  # a copy: inp is a view of the cache that backward reads
+        y = xp.array(y, order="C")  # a copy: inp is a view of the cache that backward reads
         if unbatched:
             h_n, c_n = h_n[:, 0], c_n[:, 0]
         return y, (h_n, c_n)
@@ -194,21 +200,23 @@ class LSTM:
         unbatched, T, N = self._call
         y_shape = (T, H) if unbatched else ((N, T, H) if self.batch_first else (T, N, H))
         state_shape = (L, H) if unbatched else (L, N, H)
-        dy = as_float_array(where, "dy", dy, self.dtype)
+        xp = self._xp
+        dy = gpu.to_device(as_float_array(where, "dy", dy, self.dtype), self.device)
         check_shape(where, "dy", dy, y_shape)
         if dstate is not None:
             if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
                 raise ValueError(f"{where}: dstate must be a pair (dh_n, dc_n), got {type(dstate).__name__}")
-            dh_n, dc_n = (as_float_array(where, n, s, self.dtype) for n, s in zip(("dh_n", "dc_n"), dstate))
+            dh_n, dc_n = (gpu.to_device(as_float_array(where, n, s, self.dtype), self.device)
+                          for n, s in zip(("dh_n", "dc_n"), dstate))
             check_shape(where, "dh_n", dh_n, state_shape)
             check_shape(where, "dc_n", dc_n, state_shape)
             dh_n, dc_n = dh_n.reshape(L, N, H), dc_n.reshape(L, N, H)
         else:
-            dh_n = dc_n = np.zeros((L, N, H), self.dtype)
+            dh_n = dc_n = xp.zeros((L, N, H), self.dtype)
 
         dY = dy[:, None, :] if unbatched else (dy.swapaxes(0, 1) if self.batch_first else dy)  # (T, N, H)
-        dY = np.ascontiguousarray(dY)
-        dh0, dc0 = np.empty((L, N, H), self.dtype), np.empty((L, N, H), self.dtype)
+        dY = xp.ascontiguousarray(dY)
+        dh0, dc0 = xp.empty((L, N, H), self.dtype), xp.empty((L, N, H), self.dtype)
         for layer in reversed(range(L)):
             dY, dh0[layer], dc0[layer], dW_x, dW_h, db = self._backend.sequence_backward(
                 dY, dh_n[layer], dc_n[layer], self._caches[layer])
@@ -217,7 +225,31 @@ class LSTM:
         dx = dY[:, 0] if unbatched else (dY.swapaxes(0, 1) if self.batch_first else dY)
         if unbatched:
             dh0, dc0 = dh0[:, 0], dc0[:, 0]
-        return np.ascontiguousarray(dx), (dh0, dc0)
+        return xp.ascontiguousarray(dx), (dh0, dc0)
+
+    # ------------------------------------------------------------------ device
+    def to(self, device, kernel=None):
+        """Move parameters, gradients and carried state to `device` ('cpu' or 'cuda'); returns self.
+
+        kernel : the CUDA kernel version (npylstm.gpu.KERNEL_VERSIONS; None: gpu.DEFAULT_KERNEL); 'cuda' only.
+        The cache of the last forward is dropped: call forward again before backward.
+        """
+        where = "LSTM.to"
+        gpu.check_device(where, device)
+        if device == "cpu":
+            if kernel is not None:
+                raise ValueError(f"{where}: kernel selects a CUDA kernel version; it needs device='cuda'")
+            self._xp, self._backend = np, numpy_backend
+        else:
+            kernel = gpu.check_kernel(where, gpu.DEFAULT_KERNEL if kernel is None else kernel)
+            self._xp, self._backend = gpu.require_cuda(where), gpu.Backend(kernel)
+        move = (lambda a: gpu.to_device(a, device))
+        self.params = {k: move(v) for k, v in self.params.items()}
+        self.grads = {k: move(v) for k, v in self.grads.items()}
+        if self._state is not None:
+            self._state = tuple(move(s) for s in self._state)
+        self.device, self.kernel, self._caches = device, kernel, None
+        return self
 
     # ------------------------------------------------------------------ interop
     def to_torch_state_dict(self):
@@ -233,4 +265,4 @@ class LSTM:
 
     def __repr__(self):
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, num_layers={self.num_layers}, "
-                f"batch_first={self.batch_first}, dtype={self.dtype.name}, stateful={self.stateful})")
+                f"batch_first={self.batch_first}, dtype={self.dtype.name}, stateful={self.stateful}, device={self.device!r})")
