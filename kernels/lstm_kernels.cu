@@ -32,6 +32,9 @@ constexpr int THREADS1 = 256;  // version 1: threads per block
 constexpr int TJ = 32;         // version 2: hidden units (or output columns) per block = threadIdx.x, one warp
 constexpr int TN = 8;          // version 2: batch rows per block = threadIdx.y
 constexpr int TK = 32;         // version 2: reduction slice staged in shared memory per iteration
+// version 2: at least 4 blocks of 256 threads per SM, i.e. at most 64 registers a thread. Without it, NVRTC 13.5's
+// ptxas capped backward<double> at 48 registers (the occupancy its 41 KB of shared memory allows) and spilled.
+constexpr int MIN_BLOCKS2 = 4;
 
 // acc[g] += sum_k X[n, k] W[k, g H + j] for the block's tile; X (N, K), W (K, 4H). Every thread of the block
 // must call it (it synchronises); rows n >= N and columns j >= H read zeros.
@@ -100,7 +103,7 @@ lstm_backward_kernel1(const T* __restrict__ dH, const T* __restrict__ dY, const 
 // Ax (N, 4H) = X W_x + b of this step, or null: then the kernel computes X W_x + b from x, W_x and b.
 // Grid (ceil(H / TJ), ceil(N / TN)), block (TJ, TN). H_out, C must not alias H_prev, C_prev.
 template <typename T>
-__global__ void __launch_bounds__(TJ * TN)
+__global__ void __launch_bounds__(TJ * TN, MIN_BLOCKS2)
 lstm_forward_kernel2(const T* __restrict__ Ax, const T* __restrict__ x, const T* __restrict__ W_x,
                      const T* __restrict__ b, const T* __restrict__ H_prev, const T* __restrict__ W_h,
                      const T* __restrict__ C_prev, T* __restrict__ gates, T* __restrict__ C,
@@ -132,7 +135,7 @@ lstm_forward_kernel2(const T* __restrict__ Ax, const T* __restrict__ x, const T*
 // with them, the grid has ceil(D / TJ) more column tiles, which compute dx = dA W_xᵀ.
 // Grid (ceil(H / TJ) [+ ceil(D / TJ)], ceil(N / TN)), block (TJ, TN). dH_prev, dC_prev must not alias dH, dC.
 template <typename T>
-__global__ void __launch_bounds__(TJ * TN)
+__global__ void __launch_bounds__(TJ * TN, MIN_BLOCKS2)
 lstm_backward_kernel2(const T* __restrict__ dH, const T* __restrict__ dY, const T* __restrict__ dC,
                       const T* __restrict__ gates, const T* __restrict__ tanh_C, const T* __restrict__ C_prev,
                       const T* __restrict__ W_h, const T* __restrict__ W_x, T* __restrict__ dA,

@@ -131,6 +131,7 @@ def kernel_dir():
 
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
+_PRAGMA_ONCE = re.compile(r'^\s*#\s*pragma\s+once\b')
 
 
 def load_source(name=KERNEL_FILE, directory=None, _seen=None):
@@ -145,6 +146,9 @@ def load_source(name=KERNEL_FILE, directory=None, _seen=None):
     seen.add(name)
     out = [f'#line 1 "{name}"']
     for number, line in enumerate((directory / name).read_text().splitlines(), start=1):
+        if _PRAGMA_ONCE.match(line):
+            out.append("// #pragma once: the loader splices each header once")  # one line for one: numbers hold
+            continue
         m = _INCLUDE.match(line)
         if m is None:
             out.append(line)
