@@ -180,11 +180,12 @@ def get_function(name, version, dtype):
 # The seam between Python and the kernels: each takes validated, contiguous CuPy arrays and fills the
 # outputs it is given. Arguments the kernel may take as null are Optional.
 def launch_forward(kernel, Ax, x, W_x, b, H_prev, W_h, C_prev, gates, C, tanh_C, H):
-    """One forward step into gates (N, 4H), C, tanh_C, H (N, H).
+    """The dispatcher: one forward step of kernel version `kernel` into gates (N, 4H), C, tanh_C, H (N, H).
 
     Ax (N, 4H) = X W_x + b when the input product was hoisted (a sequence); else None and x (N, D),
     W_x (D, 4H), b (4H,) are given (a lone cell step).
     """
+    check_kernel("npylstm.gpu.launch_forward", kernel)
     N, Hn = C.shape
     if kernel == 1:
         if Ax is None:
@@ -201,15 +202,14 @@ def launch_forward(kernel, Ax, x, W_x, b, H_prev, W_h, C_prev, gates, C, tanh_C,
             (math.ceil(Hn / TJ), math.ceil(N / TN)), (TJ, TN),
             (nul(Ax), nul(x if Ax is None else None), nul(W_x if Ax is None else None), nul(b if Ax is None else None),
              H_prev, W_h, C_prev, gates, C, tanh_C, H, np.int32(N), np.int32(D), np.int32(Hn)))
-    else:
-        check_kernel("npylstm.gpu.launch_forward", kernel)
 
 
 def launch_backward(kernel, dH, dY, dC, gates, tanh_C, C_prev, W_h, W_x, dA, dC_prev, dH_prev, dx):
-    """One backward step into dA (N, 4H), dC_prev, dH_prev (N, H) and, when W_x is given, dx (N, D).
+    """The dispatcher: one backward step into dA (N, 4H), dC_prev, dH_prev (N, H) and, when W_x is given, dx (N, D).
 
     dH_t = dH + dY (dY may be None). dH_prev, dC_prev must be other buffers than dH, dC.
     """
+    check_kernel("npylstm.gpu.launch_backward", kernel)
     N, Hn = dC.shape
     if kernel == 1:
         get_function("lstm_backward_kernel", 1, dC.dtype)(
@@ -225,8 +225,6 @@ def launch_backward(kernel, dH, dY, dC, gates, tanh_C, C_prev, W_h, W_x, dA, dC_
             (tiles, math.ceil(N / TN)), (TJ, TN),
             (dH, NULL if dY is None else dY, dC, gates, tanh_C, C_prev, W_h, NULL if W_x is None else W_x,
              dA, dC_prev, dH_prev, NULL if dx is None else dx, np.int32(N), np.int32(D), np.int32(Hn)))
-    else:
-        check_kernel("npylstm.gpu.launch_backward", kernel)
 
 
 # ------------------------------------------------------------------------------------------------ one step
