@@ -24,6 +24,7 @@ shapes first, and sizes go to the kernels as np.int32.
 
 import math
 import re
+import sys
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -55,8 +56,14 @@ def check_kernel(where, kernel):
     return int(kernel)
 
 
+_verified = None  # the cupy module once require_cuda has passed (a per-call check costs driver calls)
+
+
 def require_cuda(where="npylstm"):
     """Return the cupy module if CUDA is usable here; else raise RuntimeError saying what is missing."""
+    global _verified
+    if _verified is not None and sys.modules.get("cupy") is _verified:
+        return _verified
     try:
         import cupy
     except ImportError as e:
@@ -73,6 +80,7 @@ def require_cuda(where="npylstm"):
     except Exception as e:
         raise RuntimeError(f"{where}: the NVRTC library is missing, so the kernels cannot be compiled ({e}); "
                            f"install it with: pip install 'nvidia-cuda-nvrtc>=13,<14' (or the CUDA toolkit)") from e
+    _verified = cupy
     return cupy
 
 

@@ -64,6 +64,7 @@ def _fake_cupy(count=1, runtime_error=None, nvrtc_error=None):
      ["NVRTC", "libnvrtc.so.13", "nvidia-cuda-nvrtc"]),
 ], ids=["no-cupy", "no-device", "zero-devices", "no-nvrtc"])
 def test_require_cuda_says_what_is_missing(monkeypatch, fake, words):
+    monkeypatch.setattr(gpu, "_verified", None)
     monkeypatch.setitem(sys.modules, "cupy", fake)  # None: `import cupy` raises ImportError
     with pytest.raises(RuntimeError) as e:
         gpu.require_cuda("here")
@@ -74,8 +75,10 @@ def test_require_cuda_says_what_is_missing(monkeypatch, fake, words):
 
 def test_require_cuda_returns_cupy_when_all_is_there(monkeypatch):
     fake = _fake_cupy()
+    monkeypatch.setattr(gpu, "_verified", None)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     assert gpu.require_cuda() is fake
+    assert gpu.require_cuda() is fake  # checked once, then remembered
 
 
 @pytest.mark.skipif(_gpu_usable(), reason="a usable GPU is present")

@@ -1,0 +1,283 @@
+"""The CUDA kernels against the NumPy reference, on a GPU (marker `gpu`; skipped without a usable device).
+
+Run from the repository root on the GPU machine (no install needed: pytest's pythonpath has "."):
+
+    python3 -m pytest -m gpu -q
+
+and the small fixed-shape subset under compute-sanitizer (kernels compiled by NVRTC are covered):
+
+    compute-sanitizer --tool memcheck  --error-exitcode 1 python3 -m pytest -q -m gpu -k sanitize tests/test_gpu.py
+    compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -m gpu -k sanitize tests/test_gpu.py
+    compute-sanitizer --tool initcheck --error-exitcode 1 python3 -m pytest -q -m gpu -k sanitize tests/test_gpu.py
+
+Every output buffer is poisoned with NaN before each launch (gpu.POISON), so an element a kernel fails to
+write shows up as NaN. Importing CuPy succeeds without a GPU, so the skip asks cupy.is_available().
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from npylstm import LSTM, gpu
+from npylstm import sequence as numpy_backend
+from npylstm.cell import step_backward, step_forward
+
+
+def _gpu_usable():
+    try:
+        import cupy
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not _gpu_usable(), reason="no usable CUDA device (cupy.is_available() is False)")]
+
+F64_RTOL = 1e-12  # float64: cuBLAS / in-kernel sums in another order than NumPy's BLAS
+F32_RTOL = 1e-5   # float32 against a float64 reference on the same (float32) inputs; -ftz, fused FMA
+FD_RTOL = 1e-6    # central differences, step 1e-6, float64: truncation ~1e-12, rounding ~1e-10
+FD_STEP = 1e-6
+RTOL = {np.float32: F32_RTOL, np.float64: F64_RTOL}
+
+# sizes: 1, primes, non-multiples of 32 (the tile width), and up to H = 1024
+SIZES_N = st.one_of(st.sampled_from([1, 2, 3, 7, 8, 9, 31, 32, 33, 64, 97, 256]), st.integers(1, 300))
+SIZES_H = st.one_of(st.sampled_from([1, 2, 5, 13, 31, 32, 33, 127, 128, 257, 509, 512, 1000, 1024]),
+                    st.integers(1, 1024))
+SIZES_D = st.one_of(st.sampled_from([1, 3, 31, 33, 64, 100]), st.integers(1, 1024))
+GPU_SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    monkeypatch.setattr(gpu, "POISON", True)
+
+
+@pytest.fixture(scope="module")
+def cp():
+    return gpu.require_cuda("test_gpu")
+
+
+def _relerr(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300))
+
+
+def _check(name, got, want, rtol):
+    """got: a CuPy or NumPy array; want: the NumPy reference. Every element written (no NaN), then close."""
+    got = got.get() if hasattr(got, "get") else np.asarray(got)
+    assert got.shape == want.shape, f"{name}: shape {got.shape}, want {want.shape}"
+    bad = ~np.isfinite(got)
+    assert not bad.any(), f"{name}: {int(bad.sum())} element(s) not finite (unwritten?), first at {np.argwhere(bad)[0]}"
+    err = _relerr(got, want)
+    if err > rtol:
+        diff = np.abs(got.astype(np.float64) - want)
+        worst = np.argsort(diff, axis=None)[-3:][::-1]
+        pairs = [(np.unravel_index(i, diff.shape), got.flat[i], want.flat[i]) for i in worst]
+        raise AssertionError(f"{name}: relative error {err:.3e} > {rtol:.0e}; worst (where, got, want): {pairs}")
+
+
+def _inputs(rng, dtype, *shapes):
+    """float arrays of `dtype` (the GPU's inputs) and the same values in float64 (the reference's)."""
+    arrays = [rng.normal(size=s).astype(dtype) for s in shapes]
+    return arrays, [a.astype(np.float64) for a in arrays]
+
+
+def _weights(rng, dtype, D, H):
+    k = 1 / np.sqrt(H)
+    return [rng.uniform(-k, k, s).astype(dtype) for s in ((D, 4 * H), (H, 4 * H))] + [
+        rng.uniform(-1, 1, 4 * H).astype(dtype)]
+
+
+# ------------------------------------------------------------------------------------------ one step
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@GPU_SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), N=SIZES_N, D=SIZES_D, H=SIZES_H)
+def test_step_matches_cell(cp, kernel, dtype, seed, N, D, H):
+    """A lone cell step (version 2 computes X W_x + b in the kernel too): H, C, and all six gradients."""
+    rng = np.random.default_rng(seed)
+    (x, h, c), _ = _inputs(rng, dtype, (N, D), (N, H), (N, H))
+    W_x, W_h, b = _weights(rng, dtype, D, H)
+    host = [x, h, c, W_x, W_h, b]
+    ref = [a.astype(np.float64) for a in host]
+    H_gpu, C_gpu, cache = gpu.step_forward(*map(cp.asarray, host), kernel=kernel)
+    H_ref, C_ref, cache_ref = step_forward(*ref)
+    _check("H", H_gpu, H_ref, RTOL[dtype])
+    _check("C", C_gpu, C_ref, RTOL[dtype])
+    _check("gates", cache.gates, np.concatenate([cache_ref.I, cache_ref.F, cache_ref.C_tilde, cache_ref.O], 1), RTOL[dtype])
+    dH, dC = (rng.normal(size=(N, H)).astype(dtype) for _ in range(2))
+    got = gpu.step_backward(cp.asarray(dH), cp.asarray(dC), cache)
+    want = step_backward(dH.astype(np.float64), dC.astype(np.float64), cache_ref)
+    for name, g, w in zip(["dx", "dh_prev", "dc_prev", "dW_x", "dW_h", "db"], got, want):
+        _check(name, g, w, RTOL[dtype])
+
+
+# ------------------------------------------------------------------------------------------ a sequence
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@GPU_SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 4), N=SIZES_N, D=SIZES_D, H=SIZES_H, masked=st.booleans())
+def test_sequence_matches_sequence_py(cp, kernel, dtype, seed, T, N, D, H, masked):
+    rng = np.random.default_rng(seed)
+    (x, h0, c0), _ = _inputs(rng, dtype, (T, N, D), (N, H), (N, H))
+    host = [x, h0, c0, *_weights(rng, dtype, D, H)]
+    ref = [a.astype(np.float64) for a in host]
+    mask = rng.random((T, N)) < 0.7 if masked else None
+    Y, h_T, c_T, cache = gpu.sequence_forward(*map(cp.asarray, host), mask=mask, kernel=kernel)
+    Y_ref, h_ref, c_ref, cache_ref = numpy_backend.sequence_forward(*ref, mask=mask)
+    for name, g, w in (("Y", Y, Y_ref), ("h_T", h_T, h_ref), ("c_T", c_T, c_ref)):
+        _check(name, g, w, RTOL[dtype])
+    dY, dh, dc = (rng.normal(size=s).astype(dtype) for s in ((T, N, H), (N, H), (N, H)))
+    got = gpu.sequence_backward(cp.asarray(dY), cp.asarray(dh), cp.asarray(dc), cache)
+    want = numpy_backend.sequence_backward(dY.astype(np.float64), dh.astype(np.float64), dc.astype(np.float64), cache_ref)
+    for name, g, w in zip(["dx", "dh0", "dc0", "dW_x", "dW_h", "db"], got, want):
+        _check(name, g, w, RTOL[dtype])
+
+
+# ------------------------------------------------------------------------------------------ finite differences
+ARGS = ["x", "h0", "c0", "W_x", "W_h", "b"]
+
+
+@pytest.mark.parametrize("arg", ARGS)
+@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+def test_backward_matches_finite_differences_on_the_gpu(cp, kernel, arg):
+    """float64: the GPU backward against central differences of the GPU forward, one argument at a time."""
+    rng = np.random.default_rng(100 + kernel)
+    T, N, D, H = 3, 2, 3, 5
+    args = dict(zip(ARGS, map(cp.asarray, [rng.normal(size=(T, N, D)), rng.normal(size=(N, H)),
+                                           rng.normal(size=(N, H)), *_weights(rng, np.float64, D, H)])))
+    args["b"] = args["b"] * 2  # biases large enough to matter, non-zero
+    dY, dh, dc = (cp.asarray(rng.normal(size=s)) for s in ((T, N, H), (N, H), (N, H)))
+
+    def loss():
+        Y, h_T, c_T, _ = gpu.sequence_forward(*args.values(), kernel=kernel)
+        return float((Y * dY).sum() + (h_T * dh).sum() + (c_T * dc).sum())
+
+    _, _, _, cache = gpu.sequence_forward(*args.values(), kernel=kernel)
+    grads = dict(zip(["x", "h0", "c0", "W_x", "W_h", "b"], gpu.sequence_backward(dY, dh, dc, cache)))
+    a = args[arg]
+    numeric = np.empty(a.shape)
+    for i in np.ndindex(a.shape):
+        keep = float(a[i])
+        a[i] = keep + FD_STEP
+        up = loss()
+        a[i] = keep - FD_STEP
+        down = loss()
+        a[i] = keep
+        numeric[i] = (up - down) / (2 * FD_STEP)
+    _check(f"d{arg}", grads[arg], numeric, FD_RTOL)
+
+
+# ------------------------------------------------------------------------------------------ the layer
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_layer_on_gpu_equals_layer_on_cpu(cp, kernel, dtype, batch_first):
+    """Multi-layer, batch_first, stateful (carried state over two calls, a row reset between), mask."""
+    rng = np.random.default_rng(5)
+    T, N, D, H, L = 5, 7, 6, 33, 3
+    cpu = LSTM(D, H, num_layers=L, batch_first=batch_first, dtype=np.float64, seed=2, stateful=True)
+    dev = LSTM(D, H, num_layers=L, batch_first=batch_first, dtype=dtype, seed=2, stateful=True,
+               device="cuda", kernel=kernel)
+    for k in cpu.params:  # the same float32-rounded weights on both
+        cpu.params[k] = cp.asnumpy(dev.params[k]).astype(np.float64)
+    shape = (N, T, D) if batch_first else (T, N, D)
+    for call in range(2):
+        x = rng.normal(size=shape).astype(dtype)
+        mask = rng.random(shape[:2]) < 0.8
+        y_ref, (h_ref, c_ref) = cpu(x.astype(np.float64), mask=mask)
+        y, (h, c) = dev(cp.asarray(x), mask=mask)
+        assert isinstance(y, cp.ndarray) and y.dtype == dtype
+        for name, g, w in (("y", y, y_ref), ("h_n", h, h_ref), ("c_n", c, c_ref)):
+            _check(name, g, w, RTOL[dtype])
+        dy = rng.normal(size=y_ref.shape).astype(dtype)
+        dstate = tuple(rng.normal(size=h_ref.shape).astype(dtype) for _ in range(2))
+        dx_ref, (dh_ref, dc_ref) = cpu.backward(dy.astype(np.float64), tuple(s.astype(np.float64) for s in dstate))
+        dx, (dh0, dc0) = dev.backward(dy, dstate)  # NumPy upstream gradients are moved to the GPU
+        for name, g, w in (("dx", dx, dx_ref), ("dh0", dh0, dh_ref), ("dc0", dc0, dc_ref)):
+            _check(name, g, w, RTOL[dtype])
+        rows = np.zeros(N, bool)
+        rows[[0, N - 1]] = True
+        cpu.reset_states(rows)
+        dev.reset_states(rows)
+    for k in cpu.grads:
+        _check(f"grads[{k}]", dev.grads[k], cpu.grads[k], RTOL[dtype])
+
+
+def test_to_cuda_and_back_keeps_the_parameters(cp):
+    lstm = LSTM(4, 8, num_layers=2, seed=0, dtype=np.float64)
+    before = {k: v.copy() for k, v in lstm.params.items()}
+    lstm.to("cuda")
+    assert lstm.kernel == gpu.DEFAULT_KERNEL and all(isinstance(v, cp.ndarray) for v in lstm.params.values())
+    y, _ = lstm(np.ones((3, 2, 4)))
+    assert isinstance(y, cp.ndarray)
+    lstm.to("cpu")
+    assert all(isinstance(v, np.ndarray) and np.array_equal(v, before[k]) for k, v in lstm.params.items())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+def test_saturated_preactivations_stay_finite(cp, kernel, dtype):
+    """|A| up to 1e4: sigmoid as 0.5 + 0.5 tanh(a/2) never overflows; gates stay in [0, 1]."""
+    rng = np.random.default_rng(9)
+    N, D, H = 5, 3, 40
+    x = cp.asarray(rng.normal(size=(N, D)).astype(dtype))
+    h, c = (cp.asarray(rng.normal(size=(N, H)).astype(dtype)) for _ in range(2))
+    W_x, W_h = cp.asarray(rng.normal(size=(D, 4 * H)).astype(dtype)), cp.asarray(rng.normal(size=(H, 4 * H)).astype(dtype))
+    b = cp.asarray((rng.choice([-1, 1], 4 * H) * 1e4).astype(dtype))
+    H_gpu, C_gpu, cache = gpu.step_forward(x, h, c, W_x, W_h, b, kernel=kernel)
+    gates = cache.gates.get()
+    assert np.isfinite(gates).all() and (gates >= -1).all() and (gates <= 1).all()
+    grads = gpu.step_backward(cp.ones_like(h), cp.ones_like(c), cache)
+    assert all(bool(cp.isfinite(g).all()) for g in (H_gpu, C_gpu, *grads))
+
+
+# ------------------------------------------------------------------------------------------ boundary checks
+def test_gpu_functions_refuse_host_and_strided_arrays(cp):
+    rng = np.random.default_rng(0)
+    x, h, c = rng.normal(size=(2, 3)), rng.normal(size=(2, 4)), rng.normal(size=(2, 4))
+    W_x, W_h, b = rng.normal(size=(3, 16)), rng.normal(size=(4, 16)), rng.normal(size=16)
+    with pytest.raises(ValueError, match="x must be a CuPy array"):
+        gpu.step_forward(x, *map(cp.asarray, (h, c, W_x, W_h, b)))
+    dev = list(map(cp.asarray, (x, h, c, W_x, W_h, b)))
+    dev[3] = cp.asarray(np.repeat(W_x, 2, axis=1))[:, ::2]
+    with pytest.raises(ValueError, match="W_x must be C-contiguous"):
+        gpu.step_forward(*dev)
+    dev[3] = cp.asarray(W_x.astype(np.float32))
+    with pytest.raises(ValueError, match="W_x has dtype float32"):
+        gpu.step_forward(*dev)
+
+
+def test_module_is_compiled_once_and_cached(cp):
+    assert gpu.get_module() is gpu.get_module()
+
+
+# ------------------------------------------------------------------------------------------ under compute-sanitizer
+SANITIZE_SHAPES = [(1, 1, 1), (9, 40, 33), (33, 1, 100)]  # (N, D, H): single elements, partial tiles both ways
+
+
+@pytest.mark.parametrize("N,D,H", SANITIZE_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+def test_sanitize_every_kernel_path(cp, kernel, dtype, N, D, H):
+    """Fixed small shapes through every launch path (lone step and sequence, forward and backward, mask)."""
+    rng = np.random.default_rng(N * 1000 + H)
+    host = [rng.normal(size=s).astype(dtype) for s in ((2, N, D), (N, H), (N, H))] + _weights(rng, dtype, D, H)
+    ref = [a.astype(np.float64) for a in host]
+    mask = rng.random((2, N)) < 0.5
+    Y, h_T, c_T, cache = gpu.sequence_forward(*map(cp.asarray, host), mask=mask, kernel=kernel)
+    dY = rng.normal(size=(2, N, H)).astype(dtype)
+    got = gpu.sequence_backward(cp.asarray(dY), h_T * 0 + 1, c_T * 0 + 1, cache)
+    _, _, _, cache_ref = numpy_backend.sequence_forward(*ref, mask=mask)
+    want = numpy_backend.sequence_backward(dY.astype(np.float64), np.ones((N, H)), np.ones((N, H)), cache_ref)
+    for name, g, w in zip(["dx", "dh0", "dc0", "dW_x", "dW_h", "db"], got, want):
+        _check(name, g, w, RTOL[dtype])
+    H1, C1, step_cache = gpu.step_forward(*map(cp.asarray, [host[0][0], *host[1:]]), kernel=kernel)
+    H1_ref, _, step_cache_ref = step_forward(ref[0][0], *ref[1:])
+    _check("H", H1, H1_ref, RTOL[dtype])
+    got = gpu.step_backward(cp.asarray(host[1]), cp.asarray(host[2]), step_cache)
+    want = step_backward(ref[1], ref[2], step_cache_ref)
+    for name, g, w in zip(["dx", "dh_prev", "dc_prev", "dW_x", "dW_h", "db"], got, want):
+        _check(name, g, w, RTOL[dtype])
