@@ -1,0 +1,14 @@
+"""One LSTM cell step: NumPy on the CPU vs the CUDA kernels vs PyTorch. Same as `npylstm bench`.
+
+    python3 benchmarks/bench_cell.py [--quick] [--out out/bench] [--threads N]
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from npylstm.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))
