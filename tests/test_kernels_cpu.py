@@ -13,7 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npylstm.cell import GATES, step_backward, step_forward
@@ -181,3 +181,237 @@ def test_header_sigmoid_is_overflow_safe(lib, dtype):
     want = 1.0 / (1.0 + np.exp(-np.clip(a.astype(np.float64), -700, 700)))
     assert np.isfinite(got).all() and (got >= 0).all() and (got <= 1).all(), got
     assert _relerr(got, want) <= (F32_RTOL if dtype == np.float32 else F64_RTOL), (got, want)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The kernels themselves, run on the CPU. lstm_kernels.cu (the loader's spliced source, unchanged) is compiled
+# by g++ with a shim: a block runs as one std::thread per CUDA thread, __syncthreads() is a std::barrier,
+# __shared__ is a function-static (blocks run one after another, so that is one block's shared memory).
+# The launcher takes arguments the way cuLaunchKernel does (an array of pointers to each value) and refuses
+# a wrong count, size or kind (pointer / int) of argument, so gpu.py's real launch code (grid shapes,
+# argument order, np.int32 sizes, the NULL convention) runs against the real kernel code, on NumPy arrays.
+# Arrays sit between guard zones that must come back untouched (an out-of-bounds write shows).
+# ---------------------------------------------------------------------------------------------------------
+EMULATOR = r"""
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+static thread_local dim3 threadIdx;
+static dim3 blockIdx, blockDim, gridDim;
+static std::barrier<>* block_barrier = nullptr;
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+#define __global__
+#define __host__
+#define __device__
+#define __shared__ static
+#define __launch_bounds__(...)
+
+#include "spliced.cu"
+
+template <typename A>
+constexpr char kind_of() { return std::is_pointer_v<A> ? 'p' : (std::is_integral_v<A> ? 'i' : 'f'); }
+
+template <typename... Args, std::size_t... I>
+static void invoke(void (*k)(Args...), void** params, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<Args>*>(params[I])...);
+}
+
+template <typename... Args>
+static int launch(void (*k)(Args...), const unsigned* grid, const unsigned* block, void** params,
+                  const char* kinds, int nparams) {
+    if (nparams != (int)sizeof...(Args)) return 1000 + (int)sizeof...(Args);       // wrong argument count
+    const char expected[] = {kind_of<Args>()..., 0};
+    for (int i = 0; i < nparams; ++i) if (kinds[i] != expected[i]) return 2000 + i;  // wrong kind at i
+    gridDim = {grid[0], grid[1], 1};
+    blockDim = {block[0], block[1], 1};
+    const int threads = (int)(block[0] * block[1]);
+    for (unsigned by = 0; by < grid[1]; ++by)
+        for (unsigned bx = 0; bx < grid[0]; ++bx) {
+            blockIdx = {bx, by, 0};
+            std::barrier<> bar(threads);
+            block_barrier = &bar;
+            std::vector<std::thread> pool;
+            pool.reserve(threads);
+            for (unsigned ty = 0; ty < block[1]; ++ty)
+                for (unsigned tx = 0; tx < block[0]; ++tx)
+                    pool.emplace_back([=] {
+                        threadIdx = {tx, ty, 0};
+                        invoke(k, params, std::index_sequence_for<Args...>{});
+                    });
+            for (auto& t : pool) t.join();
+        }
+    return 0;
+}
+
+#define KERNEL(name, T) if (std::strcmp(want, "npylstm::" #name "<" #T ">") == 0) \
+    return launch(&npylstm::name<T>, grid, block, params, kinds, nparams);
+
+extern "C" int emulate(const char* want, const unsigned* grid, const unsigned* block, void** params,
+                       const char* kinds, int nparams) {
+    KERNEL(lstm_forward_kernel1, float) KERNEL(lstm_forward_kernel1, double)
+    KERNEL(lstm_backward_kernel1, float) KERNEL(lstm_backward_kernel1, double)
+    KERNEL(lstm_forward_kernel2, float) KERNEL(lstm_forward_kernel2, double)
+    KERNEL(lstm_backward_kernel2, float) KERNEL(lstm_backward_kernel2, double)
+    return -1;  // unknown name
+}
+"""
+
+GUARD = 64                 # elements of guard zone on each side of every array argument
+GUARD_VALUE = -7.77e7      # what the guard zones hold; anything else afterwards was written out of bounds
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    from npylstm import gpu
+    gxx = _need_tool("g++")
+    d = tmp_path_factory.mktemp("kernels_cpu")
+    (d / "spliced.cu").write_text(gpu.load_source())
+    (d / "emulator.cpp").write_text(EMULATOR)
+    so = d / "emulator.so"
+    r = subprocess.run([gxx, "-O1", "-std=c++20", "-pthread", "-shared", "-fPIC", "-w", "-o", str(so),
+                        str(d / "emulator.cpp")], capture_output=True, text=True, cwd=d)
+    assert r.returncode == 0, f"g++ failed on the kernels:\n{r.stderr}"
+    lib = ctypes.CDLL(str(so))
+    lib.emulate.restype = ctypes.c_int
+    return lib
+
+
+class EmulatedKernel:
+    """Called like a CuPy RawKernel: f(grid, block, args); runs the real kernel code on the CPU."""
+
+    def __init__(self, lib, name, dtype):
+        self.lib, self.name, self.dtype = lib, name, np.dtype(dtype)
+        self.launches = 0
+
+    def __call__(self, grid, block, args):
+        grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
+        assert grid[2] == 1 and block[2] == 1 and all(g >= 1 for g in grid), (self.name, grid)
+        assert block[0] * block[1] <= 1024, f"{self.name}: {block} is more than 1024 threads per block"
+        kinds, values, guarded = [], [], []
+        for i, a in enumerate(args):
+            if isinstance(a, np.ndarray):
+                assert a.dtype == self.dtype, f"{self.name}: argument {i} is {a.dtype}"
+                assert a.flags.c_contiguous, f"{self.name}: argument {i} is not C-contiguous"
+                buf = np.full(a.size + 2 * GUARD, GUARD_VALUE, a.dtype)
+                buf[GUARD:GUARD + a.size] = a.reshape(-1)
+                guarded.append((i, a, buf))
+                values.append(ctypes.c_void_p(buf.ctypes.data + GUARD * a.itemsize))
+                kinds.append("p")
+            elif isinstance(a, np.uint64):  # gpu.NULL
+                assert a == 0
+                values.append(ctypes.c_void_p(0))
+                kinds.append("p")
+            elif isinstance(a, np.int32):
+                values.append(ctypes.c_int32(int(a)))
+                kinds.append("i")
+            else:
+                raise AssertionError(f"{self.name}: argument {i} is a {type(a).__name__}; "
+                                     f"sizes must be np.int32 and null pointers gpu.NULL")
+        params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        rc = self.lib.emulate(self.name.encode(), (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), params,
+                              "".join(kinds).encode(), len(values))
+        assert rc == 0, f"{self.name}: launch refused, code {rc} (1000+n: kernel takes n arguments; 2000+i: kind of argument i)"
+        for i, a, buf in guarded:
+            assert (buf[:GUARD] == GUARD_VALUE).all() and (buf[GUARD + a.size:] == GUARD_VALUE).all(), (
+                f"{self.name}: out-of-bounds write around argument {i}")
+            a.reshape(-1)[:] = buf[GUARD:GUARD + a.size]
+        self.launches += 1
+
+
+@pytest.fixture
+def kernels_on_cpu(emulator, monkeypatch):
+    """npylstm.gpu with its launches running the real kernels on the CPU (NumPy arrays stand for CuPy's)."""
+    from npylstm import gpu
+    made = {}
+
+    def get_function(name, version, dtype):
+        full = f"npylstm::{name}{version}<{gpu.TYPE_NAMES[np.dtype(dtype)]}>"
+        return made.setdefault(full, EmulatedKernel(emulator, full, dtype))
+
+    monkeypatch.setattr(gpu, "get_function", get_function)
+    monkeypatch.setattr(gpu, "require_cuda", lambda where="": np)
+    monkeypatch.setattr(gpu, "POISON", True)
+    return made
+
+
+EMU_N = st.sampled_from([1, 2, 7, 8, 9, 17])            # 1, primes, the tile height TN = 8 and past it
+EMU_H = st.sampled_from([1, 3, 31, 32, 33, 40])          # the tile width TJ = TK = 32 and past it
+EMU_D = st.sampled_from([1, 5, 32, 37])
+EMU_SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _weights(rng, dtype, D, H):
+    k = 1 / np.sqrt(H)
+    return [rng.uniform(-k, k, (D, 4 * H)).astype(dtype), rng.uniform(-k, k, (H, 4 * H)).astype(dtype),
+            rng.uniform(-1, 1, 4 * H).astype(dtype)]
+
+
+def _close(name, got, want, rtol):
+    _assert_close(name, np.asarray(got), np.asarray(want, np.float64), rtol)
+
+
+@pytest.mark.parametrize("dtype,rtol", DTYPES)
+@pytest.mark.parametrize("kernel", [1, 2])
+@EMU_SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), N=EMU_N, D=EMU_D, H=EMU_H)
+def test_kernels_on_cpu_step_matches_cell(kernels_on_cpu, kernel, dtype, rtol, seed, N, D, H):
+    """A lone step: version 2 computes X W_x + b and dX = dA W_xᵀ inside its kernels too."""
+    from npylstm import gpu
+    rng = np.random.default_rng(seed)
+    host = [rng.normal(size=(N, D)).astype(dtype), rng.uniform(-1, 1, (N, H)).astype(dtype),
+            rng.normal(size=(N, H)).astype(dtype), *_weights(rng, dtype, D, H)]
+    ref = [a.astype(np.float64) for a in host]
+    H_k, C_k, cache = gpu.step_forward(*host, kernel=kernel)
+    H_r, C_r, cache_r = step_forward(*ref)
+    _close("H", H_k, H_r, rtol)
+    _close("C", C_k, C_r, rtol)
+    dH, dC = rng.normal(size=(N, H)).astype(dtype), rng.normal(size=(N, H)).astype(dtype)
+    got = gpu.step_backward(dH, dC, cache)
+    want = step_backward(dH.astype(np.float64), dC.astype(np.float64), cache_r)
+    for name, g, w in zip(["dx", "dh_prev", "dc_prev", "dW_x", "dW_h", "db"], got, want):
+        _close(name, g, w, rtol)
+    assert {f"npylstm::lstm_{d}_kernel{kernel}<{'float' if dtype == np.float32 else 'double'}>"
+            for d in ("forward", "backward")} <= set(kernels_on_cpu)
+
+
+@pytest.mark.parametrize("dtype,rtol", DTYPES)
+@pytest.mark.parametrize("kernel", [1, 2])
+@EMU_SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 3), N=EMU_N, D=EMU_D, H=EMU_H, masked=st.booleans())
+def test_kernels_on_cpu_sequence_matches_sequence_py(kernels_on_cpu, kernel, dtype, rtol, seed, T, N, D, H, masked):
+    from npylstm import gpu
+    from npylstm import sequence as numpy_backend
+    rng = np.random.default_rng(seed)
+    host = [rng.normal(size=(T, N, D)).astype(dtype), rng.uniform(-1, 1, (N, H)).astype(dtype),
+            rng.normal(size=(N, H)).astype(dtype), *_weights(rng, dtype, D, H)]
+    ref = [a.astype(np.float64) for a in host]
+    mask = rng.random((T, N)) < 0.7 if masked else None
+    Y, h_T, c_T, cache = gpu.sequence_forward(*host, mask=mask, kernel=kernel)
+    Y_r, h_r, c_r, cache_r = numpy_backend.sequence_forward(*ref, mask=mask)
+    for name, g, w in (("Y", Y, Y_r), ("h_T", h_T, h_r), ("c_T", c_T, c_r)):
+        _close(name, g, w, rtol)
+    dY, dh, dc = (rng.normal(size=s).astype(dtype) for s in ((T, N, H), (N, H), (N, H)))
+    got = gpu.sequence_backward(dY, dh, dc, cache)
+    want = numpy_backend.sequence_backward(*(a.astype(np.float64) for a in (dY, dh, dc)), cache_r)
+    for name, g, w in zip(["dx", "dh0", "dc0", "dW_x", "dW_h", "db"], got, want):
+        _close(name, g, w, rtol)
+
+
+def test_emulated_launch_refuses_a_wrong_argument_list(kernels_on_cpu):
+    """The emulator's own check: a size passed as a pointer, or one argument short, is refused."""
+    from npylstm import gpu
+    f = gpu.get_function("lstm_forward_kernel", 1, np.float64)
+    a = np.zeros((1, 4))
+    s = np.zeros((1, 1))
+    good = [a, a.copy(), s, a.copy(), s.copy(), s.copy(), s.copy(), np.int32(1), np.int32(1)]
+    f((1,), (32,), good)
+    with pytest.raises(AssertionError, match="code 2007"):
+        f((1,), (32,), good[:7] + [s.copy(), np.int32(1)])
+    with pytest.raises(AssertionError, match="code 1009"):
+        f((1,), (32,), good[:-1])
