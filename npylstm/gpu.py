@@ -204,12 +204,10 @@ def launch_forward(kernel, Ax, x, W_x, b, H_prev, W_h, C_prev, gates, C, tanh_C,
             (max(1, math.ceil(N * Hn / THREADS1)),), (THREADS1,),
             (Ax, Ah, C_prev, gates, C, tanh_C, H, np.int32(N), np.int32(Hn)))
     elif kernel == 2:
-        D = 0 if Ax is not None else x.shape[1]
-        nul = (lambda a: NULL if a is None else a)
+        inputs, D = ((NULL, x, W_x, b), x.shape[1]) if Ax is None else ((Ax, NULL, NULL, NULL), 0)
         get_function("lstm_forward_kernel", 2, C.dtype)(
             (math.ceil(Hn / TJ), math.ceil(N / TN)), (TJ, TN),
-            (nul(Ax), nul(x if Ax is None else None), nul(W_x if Ax is None else None), nul(b if Ax is None else None),
-             H_prev, W_h, C_prev, gates, C, tanh_C, H, np.int32(N), np.int32(D), np.int32(Hn)))
+            (*inputs, H_prev, W_h, C_prev, gates, C, tanh_C, H, np.int32(N), np.int32(D), np.int32(Hn)))
 
 
 def launch_backward(kernel, dH, dY, dC, gates, tanh_C, C_prev, W_h, W_x, dA, dC_prev, dH_prev, dx):
@@ -254,10 +252,9 @@ def step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel=DEFAULT_KERNEL):
     kernel = check_kernel(where, kernel)
     args = dict(x=x, h_prev=h_prev, c_prev=c_prev, W_x=W_x, W_h=W_h, b=b)
     _check_on_gpu(where, args)
-    N, D = x.shape if x.ndim == 2 else (None, None)
-    Hn = W_h.shape[0] if W_h.ndim == 2 else None
-    dtype = _check_arrays(where, args, dict(x=(None, None), h_prev=(N, Hn), c_prev=(N, Hn), W_x=(D, None),
-                                            W_h=(None, None), b=(None,)))
+    dtype = _check_arrays(where, args, dict(x=(None, None), h_prev=(None, None), c_prev=(None, None),
+                                            W_x=(None, None), W_h=(None, None), b=(None,)))   # ranks first
+    (N, D), Hn = x.shape, W_h.shape[0]
     _check_arrays(where, args, dict(x=(N, D), h_prev=(N, Hn), c_prev=(N, Hn), W_x=(D, 4 * Hn),
                                     W_h=(Hn, 4 * Hn), b=(4 * Hn,)))
     return _step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel, dtype)
@@ -314,10 +311,9 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, kernel=DEFAULT_KERNEL):
     kernel = check_kernel(where, kernel)
     args = dict(x=x, h0=h0, c0=c0, W_x=W_x, W_h=W_h, b=b)
     _check_on_gpu(where, args)
-    T, N, D = x.shape if x.ndim == 3 else (None, None, None)
-    Hn = W_h.shape[0] if W_h.ndim == 2 else None
     _check_arrays(where, args, dict(x=(None, None, None), h0=(None, None), c0=(None, None),
-                                    W_x=(None, None), W_h=(None, None), b=(None,)))
+                                    W_x=(None, None), W_h=(None, None), b=(None,)))           # ranks first
+    (T, N, D), Hn = x.shape, W_h.shape[0]
     _check_arrays(where, args, dict(x=(T, N, D), h0=(N, Hn), c0=(N, Hn), W_x=(D, 4 * Hn), W_h=(Hn, 4 * Hn),
                                     b=(4 * Hn,)))
     if mask is not None:
