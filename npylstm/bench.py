@@ -326,6 +326,8 @@ def run(args):
     (out / "bench.json").write_text(json.dumps(record, indent=2))
     print(f"wrote {out / 'bench.json'}")
     if not args.no_plot:
-        plot(out / "bench.png", sizes, backends, times, cross, "; ".join(n for n in notes if n.startswith("GPU")))
+        missing = "no GPU rows: " + next(n for n in notes if n.startswith("GPU")).split(": ", 2)[-1][:70] \
+            if not dev else ""
+        plot(out / "bench.png", sizes, backends, times, cross, missing)
         print(f"wrote {out / 'bench.png'}")
     return 1 if failed else 0

@@ -265,3 +265,12 @@ def test_to_moves_back_and_forth_and_drops_the_cache(numpy_kernels):
     y_dev, _ = lstm(np.ones((2, 1, 2)))
     assert lstm.to("cpu") is lstm and lstm.device == "cpu" and lstm.kernel is None
     assert _relerr(y_cpu, y_dev) <= RTOL
+
+
+def test_importing_npylstm_does_not_import_cupy():
+    """CuPy is imported only when a GPU function runs: a CPU-only install never needs it."""
+    import subprocess
+    code = ("import sys, numpy as np, npylstm, npylstm.gpu, npylstm.bench; "
+            "l = npylstm.LSTM(2, 3); l(np.ones((2, 1, 2))); assert 'cupy' not in sys.modules, 'cupy was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
