@@ -110,7 +110,7 @@ class LSTM:
             raise ValueError(f"{where}: only a stateful layer carries a state; pass state= to forward instead")
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise ValueError(f"{where}: state must be a pair (h, c), got {type(value).__name__}")
-        h, c = (as_float_array(where, n, s, self.dtype) for n, s in zip(("h", "c"), value))
+        h, c = (gpu.to_device(as_float_array(where, n, s, self.dtype), self.device) for n, s in zip(("h", "c"), value))
         check_shape(where, "h", h, (self.num_layers, None, self.hidden_size))
         check_shape(where, "c", c, tuple(h.shape))
         self._batch_size = int(h.shape[1])

@@ -217,6 +217,16 @@ def test_to_cuda_and_back_keeps_the_parameters(cp):
     assert all(isinstance(v, np.ndarray) and np.array_equal(v, before[k]) for k, v in lstm.params.items())
 
 
+def test_state_set_from_numpy_lives_on_the_gpu(cp):
+    lstm = LSTM(2, 3, num_layers=2, stateful=True, seed=0, device="cuda")
+    lstm.state = (np.ones((2, 4, 3), np.float32), np.ones((2, 4, 3), np.float32))
+    assert all(isinstance(s, cp.ndarray) for s in lstm.state)
+    y, _ = lstm(np.ones((5, 4, 2), np.float32))
+    ref = LSTM(2, 3, num_layers=2, seed=0, dtype=np.float64)
+    y_ref, _ = ref(np.ones((5, 4, 2)), state=(np.ones((2, 4, 3)), np.ones((2, 4, 3))))
+    _check("y", y, y_ref, F32_RTOL)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
 def test_saturated_preactivations_stay_finite(cp, kernel, dtype):
