@@ -192,8 +192,11 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path):
     """A built wheel, unpacked away from the checkout: kernel_dir() is npylstm/kernels/ inside it."""
     # build with the setuptools at hand when it can make wheels by itself (>= 70.1, or with `wheel`): no download
     isolation = ["--no-build-isolation"] if _can_build_wheels_here() else []
+    src = tmp_path / "src"  # a copy, so the build leaves no build/ or egg-info in the checkout
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "out",
+                                                              ".hypothesis", ".pytest_cache", "tests", "benchmarks"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
-                        "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True)
+                        "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
     if r.returncode != 0 and "No module named pip" in r.stderr:
         pytest.skip("pip is not available")
     assert r.returncode == 0, r.stderr
