@@ -22,10 +22,12 @@ from npylstm import sequence as numpy_backend
 from npylstm.cell import gate_blocks, sigmoid, step_backward, step_forward
 
 RTOL = 1e-12  # float64, the same formulas in another order (the stand-in forms A in one sum)
+SCALE_FLOOR = 1.0  # error relative to max(max|a|, max|b|, 1): gates, states and the drawn gradients are O(1), and near
+                   # saturation (or after a cancellation) their rounding error is absolute, eps * 1, not relative
 
 
 def _relerr(a, b):
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300))
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), SCALE_FLOOR))
 
 
 def _gpu_usable():

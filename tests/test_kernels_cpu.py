@@ -21,6 +21,8 @@ from npylstm.gpu import kernel_dir
 
 F64_RTOL = 1e-12  # same formulas, libm tanh vs NumPy's tanh: a few ulp, far below this
 F32_RTOL = 1e-5   # float32 both sides: libm tanhf vs NumPy's float32 tanh, a few ulp
+SCALE_FLOOR = 1.0  # error relative to max(max|a|, max|b|, 1): gates, states and the drawn gradients are O(1), and near
+                   # saturation (or after a cancellation) their rounding error is absolute, eps * 1, not relative
 
 WRAPPERS = r"""
 #include <cmath>
@@ -101,7 +103,7 @@ def _call(lib, name, dtype, *arrays_and_sizes):
 
 def _relerr(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300))
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), SCALE_FLOOR))
 
 
 def _assert_close(name, got, want, rtol):
@@ -110,7 +112,7 @@ def _assert_close(name, got, want, rtol):
     if err > rtol:
         diff = np.abs(np.asarray(got, np.float64) - want)
         where = np.unravel_index(np.argmax(diff), diff.shape)
-        raise AssertionError(f"{name}: relative error {err:.3e} > {rtol:.0e}; worst at {where}: "
+        raise AssertionError(f"{name}: error {err:.3e} > {rtol:.0e} (relative, scale floor {SCALE_FLOOR}); worst at {where}: "
                              f"got {got[where]!r}, want {want[where]!r}")
 
 
@@ -185,8 +187,8 @@ def test_header_sigmoid_is_overflow_safe(lib, dtype):
 
 # ---------------------------------------------------------------------------------------------------------
 # The kernels themselves, run on the CPU. lstm_kernels.cu (the loader's spliced source, unchanged) is compiled
-# by g++ with a shim: a block runs as one std::thread per CUDA thread, __syncthreads() is a std::barrier,
-# __shared__ is a function-static (blocks run one after another, so that is one block's shared memory).
+# by g++ with a shim: one std::thread per CUDA thread of a block, running the blocks one after another (so a
+# function-static stands for __shared__), __syncthreads() is a std::barrier, and so is the end of each block.
 # The launcher takes arguments the way cuLaunchKernel does (an array of pointers to each value) and refuses
 # a wrong count, size or kind (pointer / int) of argument, so gpu.py's real launch code (grid shapes,
 # argument order, np.int32 sizes, the NULL convention) runs against the real kernel code, on NumPy arrays.
@@ -202,8 +204,8 @@ EMULATOR = r"""
 #include <vector>
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
-static thread_local dim3 threadIdx;
-static dim3 blockIdx, blockDim, gridDim;
+static thread_local dim3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;
 static std::barrier<>* block_barrier = nullptr;
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 #define __global__
@@ -231,21 +233,22 @@ static int launch(void (*k)(Args...), const unsigned* grid, const unsigned* bloc
     gridDim = {grid[0], grid[1], 1};
     blockDim = {block[0], block[1], 1};
     const int threads = (int)(block[0] * block[1]);
-    for (unsigned by = 0; by < grid[1]; ++by)
-        for (unsigned bx = 0; bx < grid[0]; ++bx) {
-            blockIdx = {bx, by, 0};
-            std::barrier<> bar(threads);
-            block_barrier = &bar;
-            std::vector<std::thread> pool;
-            pool.reserve(threads);
-            for (unsigned ty = 0; ty < block[1]; ++ty)
-                for (unsigned tx = 0; tx < block[0]; ++tx)
-                    pool.emplace_back([=] {
-                        threadIdx = {tx, ty, 0};
+    std::barrier<> bar(threads);
+    block_barrier = &bar;
+    std::vector<std::thread> pool;  // one thread per CUDA thread of a block; they run the blocks one after another
+    pool.reserve(threads);
+    for (unsigned ty = 0; ty < block[1]; ++ty)
+        for (unsigned tx = 0; tx < block[0]; ++tx)
+            pool.emplace_back([=, &bar] {
+                threadIdx = {tx, ty, 0};
+                for (unsigned by = 0; by < grid[1]; ++by)
+                    for (unsigned bx = 0; bx < grid[0]; ++bx) {
+                        blockIdx = {bx, by, 0};
                         invoke(k, params, std::index_sequence_for<Args...>{});
-                    });
-            for (auto& t : pool) t.join();
-        }
+                        bar.arrive_and_wait();  // the block is done before the next one reuses __shared__
+                    }
+            });
+    for (auto& t : pool) t.join();
     return 0;
 }
 
@@ -341,9 +344,9 @@ def kernels_on_cpu(emulator, monkeypatch):
 
 
 EMU_N = st.sampled_from([1, 2, 7, 8, 9, 17])            # 1, primes, the tile height TN = 8 and past it
-EMU_H = st.sampled_from([1, 3, 31, 32, 33, 40])          # the tile width TJ = TK = 32 and past it
+EMU_H = st.sampled_from([1, 3, 31, 32, 33, 40, 65])      # the tile width TJ = TK = 32 and past it
 EMU_D = st.sampled_from([1, 5, 32, 37])
-EMU_SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EMU_SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _weights(rng, dtype, D, H):
@@ -415,3 +418,84 @@ def test_emulated_launch_refuses_a_wrong_argument_list(kernels_on_cpu):
         f((1,), (32,), good[:7] + [s.copy(), np.int32(1)])
     with pytest.raises(AssertionError, match="code 1009"):
         f((1,), (32,), good[:-1])
+
+
+# A standalone driver over the same emulator, built with ThreadSanitizer: a data race between the threads of a
+# block (a missing or misplaced __syncthreads, two threads writing one element) is reported, the CPU-side
+# counterpart of compute-sanitizer's racecheck. Shapes cut tiles on every edge: N = 9 (TN = 8), H = 40, D = 37.
+RACE_DRIVER = r"""
+#include <array>
+#include <cstdio>
+#include <random>
+#include <tuple>
+#include "emulator.cpp"
+
+template <typename... Args, std::size_t... I>
+static int run_impl(void (*k)(Args...), const unsigned* g, const unsigned* b,
+                    std::tuple<std::remove_cv_t<Args>...>& t, std::index_sequence<I...>) {
+    void* params[] = {(void*)&std::get<I>(t)...};
+    const char kinds[] = {kind_of<Args>()..., 0};
+    return launch(k, g, b, params, kinds, (int)sizeof...(Args));
+}
+
+template <typename... Args, typename... Vals>
+static int run(void (*k)(Args...), std::array<unsigned, 3> g, std::array<unsigned, 3> b, Vals... vals) {
+    std::tuple<std::remove_cv_t<Args>...> t(vals...);
+    return run_impl(k, g.data(), b.data(), t, std::index_sequence_for<Args...>{});
+}
+
+template <typename T>
+static int all(int N, int D, int H) {
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<double> u(-1, 1);
+    auto vec = [&](long n) { std::vector<T> v(n); for (auto& e : v) e = (T)u(rng); return v; };
+    auto x = vec((long)N * D), W_x = vec((long)D * 4 * H), W_h = vec((long)H * 4 * H), b = vec(4 * H);
+    auto Ax = vec((long)N * 4 * H), Ah = vec((long)N * 4 * H), h = vec((long)N * H), c = vec((long)N * H);
+    auto gates = vec((long)N * 4 * H), C = vec((long)N * H), tC = vec((long)N * H), Ho = vec((long)N * H);
+    auto dH = vec((long)N * H), dY = vec((long)N * H), dC = vec((long)N * H), dA = vec((long)N * 4 * H);
+    auto dCp = vec((long)N * H), dHp = vec((long)N * H), dx = vec((long)N * D);
+    const unsigned g1 = (unsigned)((N * H + npylstm::THREADS1 - 1) / npylstm::THREADS1);
+    const unsigned gj = (unsigned)((H + npylstm::TJ - 1) / npylstm::TJ), gd = (unsigned)((D + npylstm::TJ - 1) / npylstm::TJ);
+    const unsigned gn = (unsigned)((N + npylstm::TN - 1) / npylstm::TN);
+    const std::array<unsigned, 3> b1 = {(unsigned)npylstm::THREADS1, 1, 1}, b2 = {(unsigned)npylstm::TJ, (unsigned)npylstm::TN, 1};
+    T* null = nullptr;
+    int rc = 0;
+    rc |= run(&npylstm::lstm_forward_kernel1<T>, {g1, 1, 1}, b1, Ax.data(), Ah.data(), c.data(), gates.data(), C.data(),
+              tC.data(), Ho.data(), N, H);
+    rc |= run(&npylstm::lstm_backward_kernel1<T>, {g1, 1, 1}, b1, dH.data(), dY.data(), dC.data(), gates.data(), tC.data(),
+              c.data(), dA.data(), dCp.data(), N, H);
+    rc |= run(&npylstm::lstm_forward_kernel2<T>, {gj, gn, 1}, b2, null, x.data(), W_x.data(), b.data(), h.data(),
+              W_h.data(), c.data(), gates.data(), C.data(), tC.data(), Ho.data(), N, D, H);
+    rc |= run(&npylstm::lstm_forward_kernel2<T>, {gj, gn, 1}, b2, Ax.data(), null, null, null, h.data(),
+              W_h.data(), c.data(), gates.data(), C.data(), tC.data(), Ho.data(), N, 0, H);
+    rc |= run(&npylstm::lstm_backward_kernel2<T>, {gj + gd, gn, 1}, b2, dH.data(), dY.data(), dC.data(), gates.data(),
+              tC.data(), c.data(), W_h.data(), W_x.data(), dA.data(), dCp.data(), dHp.data(), dx.data(), N, D, H);
+    rc |= run(&npylstm::lstm_backward_kernel2<T>, {gj, gn, 1}, b2, dH.data(), null, dC.data(), gates.data(),
+              tC.data(), c.data(), W_h.data(), null, dA.data(), dCp.data(), dHp.data(), null, N, 0, H);
+    return rc;
+}
+
+int main() {
+    const int rc = all<float>(9, 37, 40) | all<double>(9, 37, 40);
+    std::printf("launch codes: %d\n", rc);
+    return rc;
+}
+"""
+
+
+def test_kernels_have_no_data_race_under_thread_sanitizer(tmp_path):
+    from npylstm import gpu
+    gxx = _need_tool("g++")
+    (tmp_path / "spliced.cu").write_text(gpu.load_source())
+    (tmp_path / "emulator.cpp").write_text(EMULATOR)
+    (tmp_path / "race.cpp").write_text(RACE_DRIVER)
+    exe = tmp_path / "race"
+    r = subprocess.run([gxx, "-fsanitize=thread", "-g", "-O1", "-std=c++20", "-pthread", "-w", "-o", str(exe),
+                        str(tmp_path / "race.cpp")], capture_output=True, text=True, cwd=tmp_path)
+    if r.returncode != 0 and "tsan" in r.stderr.lower() and not os.environ.get("CI"):
+        pytest.skip(f"ThreadSanitizer is not available: {r.stderr[-300:]}")
+    assert r.returncode == 0, f"g++ -fsanitize=thread failed:\n{r.stderr}"
+    r = subprocess.run([str(exe)], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
+    assert "ThreadSanitizer" not in r.stderr, r.stderr[:4000]
+    assert r.returncode == 0 and "launch codes: 0" in r.stdout, (r.returncode, r.stdout, r.stderr[:2000])
