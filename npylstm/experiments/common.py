@@ -1,0 +1,160 @@
+"""What the seed experiments share: their flags, the device check, training with a progress bar,
+the results JSON, and matplotlib imported only when a figure is written.
+
+Every command module has `add_arguments(parser)` and `run(args) -> int`; `run` goes through
+`guarded`, which turns the expected failures (no GPU, no matplotlib) into one line on stderr and
+exit status 2 instead of a traceback.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+EXIT_USAGE = 2  # the status argparse uses for a bad command line; we use it for "cannot run as asked"
+
+
+class CommandError(Exception):
+    """A failure the user can fix (a missing GPU or package): printed as one line, no traceback."""
+
+
+# ---------------------------------------------------------------------------------- flags
+def add_common_arguments(parser, *, epochs_help):
+    """The flags every experiment takes. `epochs_help` says what --epochs means for this command."""
+    parser.add_argument("--seed", type=int, default=0, help="random seed: data, initial weights, shuffling (default 0)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"{epochs_help}")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the LSTM layers run (default cpu); cuda needs CuPy and a usable GPU")
+    parser.add_argument("--out", default="out", help="folder for the figure(s) and the results JSON (default ./out)")
+    parser.add_argument("--quick", action="store_true", help="small settings, seconds not minutes (for tests)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def positive_epochs(where, epochs):
+    if epochs is not None and epochs < 1:
+        raise CommandError(f"{where}: --epochs must be at least 1, got {epochs}")
+    return epochs
+
+
+def guarded(command, body, args):
+    """Run body(args) -> int; a CommandError becomes `npylstm COMMAND: error: ...` and exit status 2."""
+    try:
+        return body(args)
+    except CommandError as e:
+        print(f"npylstm {command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# ---------------------------------------------------------------------------------- device
+def require_device(device):
+    """Return quietly if the LSTM layers can run on `device`; raise CommandError (one line) if not.
+
+    cuda goes through npylstm.gpu.require_cuda(), which says what is missing (CuPy, a device, NVRTC).
+    A build without npylstm/gpu.py has no GPU path at all, and says so the same way.
+    """
+    if device == "cpu":
+        return
+    try:
+        from npylstm import gpu
+    except ImportError as e:  # npylstm.gpu itself missing, or one of its imports (cupy, ...)
+        missing = getattr(e, "name", None)
+        if missing in (None, "npylstm.gpu"):
+            raise CommandError("--device cuda: this build of npylstm has no GPU path (npylstm.gpu is missing)") from None
+        raise CommandError(f"--device cuda: cannot import {missing!r} ({e})") from None
+    try:
+        gpu.require_cuda()
+    except RuntimeError as e:
+        raise CommandError(f"--device cuda: {e}") from None
+
+
+def lstm_kwargs(device):
+    """Keyword arguments that put an LSTM layer on `device` (nothing for cpu, so the CPU path never
+    depends on the GPU build)."""
+    return {} if device == "cpu" else {"device": device}
+
+
+# ---------------------------------------------------------------------------------- training
+def progress_range(n, desc, enabled):
+    """range(n) with a tqdm bar (to stderr) when enabled and tqdm is installed; plain range otherwise."""
+    if enabled:
+        try:
+            from tqdm.auto import trange
+            return trange(n, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            pass
+    return range(n)
+
+
+def train(model, x, y, *, epochs, batch_size, rng, shuffle=True, mask=None, progress=True, desc="train"):
+    """Fit `model` for `epochs` epochs, one `fit(..., epochs=1)` call per epoch, behind one progress bar.
+
+    The shuffling is ours (rng.permutation, rows permuted identically in x, y and mask) and fit is
+    called with shuffle=False, so the same seed gives the same run whatever the toolkit's own RNG does.
+    A stateful model is never shuffled: fit resets its state at the start of each epoch and walks the
+    batches in order. Returns the per-epoch training losses (and accuracies for cross-entropy).
+    """
+    history = {}
+    bar = progress_range(epochs, desc, progress)
+    for _ in bar:
+        if shuffle:
+            perm = rng.permutation(len(x))
+            xe, ye, me = x[perm], y[perm], (None if mask is None else mask[perm])
+        else:
+            xe, ye, me = x, y, mask
+        h = model.fit(xe, ye, epochs=1, batch_size=batch_size, shuffle=False, mask=me, progress=False)
+        for k, v in h.items():
+            history.setdefault(k, []).append(float(v[-1]))
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
+    return history
+
+
+class Timer:
+    """with Timer() as t: ...; t.seconds"""
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0
+
+
+# ---------------------------------------------------------------------------------- output
+def out_dir(args):
+    os.makedirs(args.out, exist_ok=True)
+    return args.out
+
+
+def write_json(path, results):
+    """Write `results` (dicts, lists, numbers, strings, NumPy scalars/arrays) as indented JSON."""
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(f"write_json: cannot serialise {type(o).__name__}")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2, default=default)
+        f.write("\n")
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot with the Agg backend (files only, no display), imported on first use."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise CommandError("writing figures needs matplotlib: pip install 'npylstm[plot]'") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path):
+    plt = pyplot()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
