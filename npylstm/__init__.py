@@ -14,3 +14,6 @@ from .losses import cross_entropy_loss, mse_loss
 from .optim import SGD, Adam, clip_grad_norm
 from .checkpoint import load
 from .model import Sequential
+
+# seed experiments (issue 5): the gate recorder and its heatmaps
+from .experiments import gate_activations, plot_gates

@@ -149,30 +149,40 @@ def recite(runner, start, steps):
     return "".join(out)
 
 
-def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True):
-    """Train and score one experiment; returns its row of results."""
-    s = SETTINGS[name]
+def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=True):
+    """Build and train experiment `name`'s model; returns (model, x, labels, mask, history, settings)."""
+    s = dict(SETTINGS[name])
     rng = np.random.default_rng([seed, list(SETTINGS).index(name)])
     x, labels, mask = dataset(name, rng)
     y = npylstm.one_hot(labels, K)
-    n_epochs = epochs or s["epochs"][1 if quick else 0]
+    s["epochs"] = epochs or s["epochs"][1 if quick else 0]
     stateful = name == "stateful"
     H, D = s["hidden"], x.shape[-1]
     model = npylstm.Sequential([LSTM(D, H, batch_first=True, seed=int(rng.integers(2 ** 31)), **common.lstm_kwargs(device)),
-                                npylstm.Linear(H, K, seed=int(rng.integers(2 ** 31)))], stateful=stateful)
+                                npylstm.Linear(H, K, seed=int(rng.integers(2 ** 31)))], stateful=stateful, seed=seed)
     model.compile(loss="cross_entropy", optimizer=npylstm.Adam(lr=s["lr"]))
     shuffle = name not in ("one_batch", "stateful")
     with common.Timer() as tm:
-        hist = common.train(model, x, y, epochs=n_epochs, batch_size=s["batch_size"], rng=rng, shuffle=shuffle,
+        hist = common.train(model, x, y, epochs=s["epochs"], batch_size=s["batch_size"], rng=rng, shuffle=shuffle,
                             mask=mask, progress=progress, desc=f"alphabet {name}")
-    row = {"experiment": name, "description": DESCRIPTIONS[name], "hidden": H, "batch_size": s["batch_size"],
-           "epochs": n_epochs, "lr": s["lr"], "final_loss": hist["loss"][-1], "seconds": tm.seconds,
+    s["seconds"] = tm.seconds
+    return model, x, labels, mask, hist, s
+
+
+def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True):
+    """Train and score one experiment; returns its row of results."""
+    model, x, labels, mask, hist, s = train_model(name, seed, quick, epochs, device, progress)
+    row = {"experiment": name, "description": DESCRIPTIONS[name], "hidden": s["hidden"], "batch_size": s["batch_size"],
+           "epochs": s["epochs"], "lr": s["lr"], "final_loss": hist["loss"][-1], "seconds": s["seconds"],
            "tutorial": TUTORIAL[name]}
-    if stateful:
+    if name == "stateful":
         runner = stateful_runner(model)
         lstm, head = runner
         seq, _ = lstm.forward(x[:, 0][None])                             # A..Y as one sequence: (1, 25, H)
         row["accuracy"] = float(np.mean(head.forward(seq[0]).argmax(-1) == labels))
+        # the same through the toolkit's own stateful path: in order, batch 1, state carried from a reset
+        model.reset_states()
+        row["accuracy_stateful_evaluate"] = float(model.evaluate(x, npylstm.one_hot(labels, K), batch_size=1)["accuracy"])
         row["recital_from_A"] = recite(runner, 0, K - 1)
         row["recites_alphabet"] = row["recital_from_A"] == LETTERS[1:]
         row["cold_K"] = recite(runner, LETTERS.index("K"), 5)

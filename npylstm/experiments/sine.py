@@ -95,11 +95,31 @@ def mse(a, b):
     return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
-def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
-    """Run (a), (b), (c); returns (results dict for the JSON, arrays for the figure)."""
+def train_stateful(train_part, s, seed, rng, device="cpu", progress=True):
+    """(b): a return_sequences stateful model trained on stream_batches of the training series.
+
+    Returns (model, streams, history, seconds)."""
+    H = s["hidden"]
+    streams = npylstm.stream_batches(train_part, s["streams"], s["steps"])
+    model = npylstm.Sequential([LSTM(1, H, batch_first=True, seed=seed + 1, **common.lstm_kwargs(device)),
+                                npylstm.Linear(H, 1, seed=seed + 101)], return_sequences=True, stateful=True, seed=seed)
+    model.compile(loss="mse", optimizer=npylstm.Adam(lr=s["lr"]))
+    with common.Timer() as tm:
+        hist = common.train(model, streams.x, streams.y, epochs=s["stateful_epochs"], batch_size=s["streams"],
+                            rng=rng, shuffle=False, progress=progress, desc="sine stateful")
+    return model, streams, hist, tm.seconds
+
+
+def settings(quick=False, epochs=None):
     s = dict(SETTINGS["quick" if quick else "full"])
     if epochs is not None:
         s["epochs"] = s["stateful_epochs"] = epochs
+    return s
+
+
+def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
+    """Run (a), (b), (c); returns (results dict for the JSON, arrays for the figure)."""
+    s = settings(quick, epochs)
     rng = np.random.default_rng(seed + 1)   # shuffling; seed itself made the data
     t, clean, series = noisy_sine(seed)
     S = len(series)
@@ -113,7 +133,7 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
     X_train, y_train = npylstm.make_windows(train_part, WINDOW)     # (M, 20, 1), (M, 1)
     X_test, _ = npylstm.make_windows(test_part, WINDOW)
     stateless = npylstm.Sequential([LSTM(1, H, batch_first=True, seed=seed, **common.lstm_kwargs(device)),
-                                    npylstm.Linear(H, 1, seed=seed + 100)])
+                                    npylstm.Linear(H, 1, seed=seed + 100)], seed=seed)
     stateless.compile(loss="mse", optimizer=npylstm.Adam(lr=s["lr"]))
     with common.Timer() as tm:
         hist_a = common.train(stateless, X_train, y_train, epochs=s["epochs"], batch_size=s["batch_size"], rng=rng,
@@ -122,14 +142,7 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
     pred_a = stateless.predict(X_test)[:, 0]                               # (S - n_train,)
 
     # (b) stateful streams
-    streams = npylstm.stream_batches(train_part, s["streams"], s["steps"])
-    stateful = npylstm.Sequential([LSTM(1, H, batch_first=True, seed=seed + 1, **common.lstm_kwargs(device)),
-                                   npylstm.Linear(H, 1, seed=seed + 101)], return_sequences=True, stateful=True)
-    stateful.compile(loss="mse", optimizer=npylstm.Adam(lr=s["lr"]))
-    with common.Timer() as tm:
-        hist_b = common.train(stateful, streams.x, streams.y, epochs=s["stateful_epochs"], batch_size=s["streams"],
-                              rng=rng, shuffle=False, progress=progress, desc="sine stateful")
-    timings["stateful_train_s"] = tm.seconds
+    stateful, streams, hist_b, timings["stateful_train_s"] = train_stateful(train_part, s, seed, rng, device, progress)
     runner = clone_stateless(stateful, return_sequences=True)
     one_step = runner.predict(series[None, :-1, None])[0, :, 0]            # one_step[k] predicts series[k + 1]
     pred_b = one_step[n_train - 1:]
