@@ -203,7 +203,8 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, on
 
 
 def table(results):
-    lines = [f"{'experiment':<40}{'accuracy':>9}  {'tutorial reported':<30}{'epochs':>7}{'time':>8}"]
+    lines = ["input: one feature per letter, its index / 26 (the tutorial's encoding); accuracy on the training set",
+             f"{'experiment':<40}{'accuracy':>9}  {'tutorial reported':<30}{'epochs':>7}{'time':>8}"]
     for r in results["experiments"]:
         lines.append(f"{r['description']:<40}{100 * r['accuracy']:>8.2f}%  {r['tutorial']:<30}{r['epochs']:>7}"
                      f"{r['seconds']:>7.1f}s")
@@ -215,6 +216,8 @@ def table(results):
                          f"({'correct' if r['cold_K_correct'] else 'fails, as in the tutorial'})")
         if r["experiment"] == "variable_length":
             lines.append(f"variable length, fresh random sample: {100 * r['accuracy_fresh_sample']:.2f}%")
+    lines.append("tutorial: J. Brownlee, \"Understanding Stateful LSTM Recurrent Neural Networks in Python with "
+                 "Keras\", the accuracies its listings print")
     return "\n".join(lines)
 
 

@@ -17,6 +17,8 @@ each prediction fed back as the next input; the figure shows truth against the o
 on the test part, and the continuations.
 """
 
+import os
+
 import numpy as np
 
 import npylstm
@@ -215,7 +217,6 @@ def figure(arrays, results, path):
 
 
 def _run(args):
-    import os
     common.positive_epochs("sine", args.epochs)
     common.require_device(args.device)
     out = common.out_dir(args)
