@@ -35,14 +35,14 @@ FREE_RUN_STEPS = 200
 
 # (full, quick) settings; --epochs overrides both epoch counts
 SETTINGS = {
-    "full": dict(hidden=32, epochs=40, batch_size=32, lr=0.01, streams=4, steps=20, stateful_epochs=60),
+    "full": dict(hidden=32, epochs=100, batch_size=32, lr=0.01, streams=4, steps=20, stateful_epochs=150),
     "quick": dict(hidden=16, epochs=8, batch_size=32, lr=0.02, streams=4, steps=20, stateful_epochs=12),
 }
 
 
 def add_arguments(parser):
-    common.add_common_arguments(parser, epochs_help="training epochs of both models (default 40 stateless, "
-                                                    "60 stateful; quick: 8 and 12)")
+    common.add_common_arguments(parser, epochs_help="training epochs of both models (default 100 stateless, "
+                                                    "150 stateful; quick: 8 and 12)")
 
 
 def run(args):
