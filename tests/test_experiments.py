@@ -105,6 +105,7 @@ def test_sine_same_seed_same_results_other_seed_differs(sine_run):
 def test_alphabet_table_and_json(alphabet_run, capsys):
     code, out = alphabet_run
     assert code == 0
+    assert_png(out / "alphabet.png")
     results = load_json(out / "alphabet.json")
     rows = {r["experiment"]: r for r in results["experiments"]}
     assert list(rows) == list(alphabet.SETTINGS)

@@ -221,6 +221,31 @@ def table(results):
     return "\n".join(lines)
 
 
+def figure(results, path):
+    """Bars: our training accuracy per experiment; diamonds: what the tutorial printed."""
+    plt = common.pyplot()
+    rows = results["experiments"]
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6), constrained_layout=True)
+    ypos = np.arange(len(rows))[::-1]
+    ours = [100 * r["accuracy"] for r in rows]
+    ax.barh(ypos, ours, color="tab:blue", height=0.6, label="npylstm (training accuracy)")
+    theirs = [float(TUTORIAL[r["experiment"]].split("%")[0]) for r in rows]
+    ax.plot(theirs, ypos, "D", color="tab:orange", ms=7, label="tutorial (Keras)")
+    for y, v in zip(ypos, ours):
+        ax.text(min(v, 100) - 1, y, f"{v:.1f}%", va="center", ha="right", color="white", fontsize=8)
+    ax.set_yticks(ypos)
+    ax.set_yticklabels([r["description"] for r in rows], fontsize=9)
+    ax.set_xlim(0, 104)
+    ax.set_xlabel("accuracy (%)")
+    title = f"learn the alphabet (seed {results['config']['seed']})"
+    for r in rows:
+        if r["experiment"] == "stateful":
+            title += f"; stateful from A: {r['recital_from_A']}; cold K: {r['cold_K']}"
+    ax.set_title(title, fontsize=9)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8)
+    return common.save_figure(fig, path)
+
+
 def _list():
     for name, s in SETTINGS.items():
         print(f"{name:<16} {DESCRIPTIONS[name]:<40} hidden {s['hidden']:>2}, batch {s['batch_size']:>2}, "
@@ -238,7 +263,8 @@ def _run(args):
         results = experiment(seed=args.seed, quick=args.quick, epochs=args.epochs, device=args.device,
                              progress=args.progress, only=args.only)
     results["seconds_total"] = tm.seconds
+    png = figure(results, os.path.join(out, "alphabet.png"))
     js = common.write_json(os.path.join(out, "alphabet.json"), results)
     print(table(results))
-    print(f"wrote {js} ({tm.seconds:.1f} s)")
+    print(f"wrote {png} and {js} ({tm.seconds:.1f} s)")
     return 0
