@@ -232,7 +232,7 @@ def figure(results, path):
     theirs = [float(TUTORIAL[r["experiment"]].split("%")[0]) for r in rows]
     ax.plot(theirs, ypos, "D", color="tab:orange", ms=7, label="tutorial (Keras)")
     for y, v in zip(ypos, ours):
-        ax.text(min(v, 100) - 1, y, f"{v:.1f}%", va="center", ha="right", color="white", fontsize=8)
+        ax.text(1.5, y, f"{v:.1f}%", va="center", ha="left", color="white", fontsize=8)
     ax.set_yticks(ypos)
     ax.set_yticklabels([r["description"] for r in rows], fontsize=9)
     ax.set_xlim(0, 104)
