@@ -125,7 +125,7 @@ def dataset(name, rng):
 
 
 def accuracy(model, x, labels, mask=None):
-    return float(np.mean(model.predict(x, mask=mask).argmax(-1) == labels))
+    return float(np.mean(common.host(model.predict(x, mask=mask)).argmax(-1) == labels))
 
 
 def stateful_runner(model):
@@ -134,7 +134,7 @@ def stateful_runner(model):
     lstm, head = model.layers
     copy = LSTM(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, batch_first=True, dtype=lstm.dtype)
     for k, v in lstm.params.items():
-        copy.params[k] = np.array(v, copy=True)
+        copy.params[k] = np.array(common.host(v), copy=True)
     return copy, head
 
 

@@ -75,6 +75,12 @@ def lstm_kwargs(device):
     return {} if device == "cpu" else {"device": device}
 
 
+def host(a):
+    """A NumPy array on the host: CuPy arrays (from a --device cuda layer) are copied back, others passed to
+    np.asarray. The experiments score and plot on the host."""
+    return a.get() if hasattr(a, "__cuda_array_interface__") else np.asarray(a)
+
+
 # ---------------------------------------------------------------------------------- training
 def progress_range(n, desc, enabled):
     """range(n) with a tqdm bar (to stderr) when enabled and tqdm is installed; plain range otherwise."""

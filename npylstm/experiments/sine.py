@@ -74,7 +74,7 @@ def clone_stateless(model, return_sequences):
             W = layer.params["W"]
             new = npylstm.Linear(W.shape[0], W.shape[1], dtype=W.dtype)
         for k, v in layer.params.items():
-            new.params[k] = np.array(v, copy=True)
+            new.params[k] = np.array(common.host(v), copy=True)
         layers.append(new)
     return npylstm.Sequential(layers, return_sequences=return_sequences)
 
@@ -89,7 +89,7 @@ def sliding_forecast(model, context, steps):
     out = np.empty(steps, np.float32)
     for k in range(steps):
         x = np.asarray(window[-W:], np.float32)[None, :, None]   # (1, W, 1)
-        out[k] = model.predict(x)[0, 0]
+        out[k] = common.host(model.predict(x))[0, 0]
         window.append(out[k])
     return out
 
@@ -142,7 +142,7 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
         hist_a = common.train(stateless, X_train, y_train, epochs=s["epochs"], batch_size=s["batch_size"], rng=rng,
                               progress=progress, desc="sine stateless")
     timings["stateless_train_s"] = tm.seconds
-    pred_a = stateless.predict(X_test)[:, 0]                               # (S - n_train,)
+    pred_a = common.host(stateless.predict(X_test))[:, 0]              # (S - n_train,)
 
     # (b) stateful streams
     stateful, streams, hist_b, timings["stateful_train_s"] = train_stateful(train_part, s, seed, rng, device, progress)
