@@ -6,6 +6,7 @@ Every command module has `add_arguments(parser)` and `run(args) -> int`; `run` g
 exit status 2 instead of a traceback.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -41,7 +42,8 @@ def positive_epochs(where, epochs):
 def guarded(command, body, args):
     """Run body(args) -> int; a CommandError becomes `npylstm COMMAND: error: ...` and exit status 2."""
     try:
-        return body(args)
+        with one_blas_thread():
+            return body(args)
     except CommandError as e:
         print(f"npylstm {command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -82,6 +84,23 @@ def host(a):
 
 
 # ---------------------------------------------------------------------------------- training
+@contextlib.contextmanager
+def one_blas_thread():
+    """Run the block with one BLAS thread (through threadpoolctl, when it is installed; else unchanged).
+
+    The experiments' products are tiny (N <= 32, H <= 50). On the 2-core CI machine under load, OpenBLAS's
+    worker threads made the (32, 640) x (640, 128) product of sequence_backward 12-44 ms instead of
+    0.07 ms with one thread, and `npylstm sine` took 96 s instead of 10 s; the results are the same.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def progress_range(n, desc, enabled):
     """range(n) with a tqdm bar (to stderr) when enabled and tqdm is installed; plain range otherwise."""
     if enabled:
@@ -103,17 +122,18 @@ def train(model, x, y, *, epochs, batch_size, rng, shuffle=True, mask=None, prog
     """
     history = {}
     bar = progress_range(epochs, desc, progress)
-    for _ in bar:
-        if shuffle:
-            perm = rng.permutation(len(x))
-            xe, ye, me = x[perm], y[perm], (None if mask is None else mask[perm])
-        else:
-            xe, ye, me = x, y, mask
-        h = model.fit(xe, ye, epochs=1, batch_size=batch_size, shuffle=False, mask=me, progress=False)
-        for k, v in h.items():
-            history.setdefault(k, []).append(float(v[-1]))
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
+    with one_blas_thread():
+        for _ in bar:
+            if shuffle:
+                perm = rng.permutation(len(x))
+                xe, ye, me = x[perm], y[perm], (None if mask is None else mask[perm])
+            else:
+                xe, ye, me = x, y, mask
+            h = model.fit(xe, ye, epochs=1, batch_size=batch_size, shuffle=False, mask=me, progress=False)
+            for k, v in h.items():
+                history.setdefault(k, []).append(float(v[-1]))
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
     return history
 
 
