@@ -169,6 +169,7 @@ def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=Tru
     return model, x, labels, mask, hist, s
 
 
+@common.one_blas_thread()
 def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True):
     """Train and score one experiment; returns its row of results."""
     model, x, labels, mask, hist, s = train_model(name, seed, quick, epochs, device, progress)

@@ -86,7 +86,8 @@ def host(a):
 # ---------------------------------------------------------------------------------- training
 @contextlib.contextmanager
 def one_blas_thread():
-    """Run the block with one BLAS thread (through threadpoolctl, when it is installed; else unchanged).
+    """Run the block (or, as a decorator, the function) with one BLAS thread, through threadpoolctl when
+    it is installed (else unchanged).
 
     The experiments' products are tiny (N <= 32, H <= 50). On the 2-core CI machine under load, OpenBLAS's
     worker threads made the (32, 640) x (640, 128) product of sequence_backward 12-44 ms instead of

@@ -120,6 +120,7 @@ def settings(quick=False, epochs=None):
     return s
 
 
+@common.one_blas_thread()
 def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
     """Run (a), (b), (c); returns (results dict for the JSON, arrays for the figure)."""
     s = settings(quick, epochs)
