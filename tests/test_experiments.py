@@ -7,6 +7,7 @@ numbers printed. Misuse: --device cuda without a usable GPU is one line on stder
 gate_activations (reference cell, one step at a time) is held against the fast sequence code.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -198,6 +199,8 @@ def test_device_cuda_subprocess_exit_status(tmp_path):
     p = subprocess.run([sys.executable, "-m", "npylstm", "sine", "--device", "cuda", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(npylstm.__file__)))
     assert p.returncode != 0 and p.stderr.count("\n") == 1 and "--device cuda" in p.stderr, p.stderr
+    if importlib.util.find_spec("npylstm.gpu") is None:
+        assert "this build of npylstm has no GPU path" in p.stderr, p.stderr
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch):

@@ -257,7 +257,7 @@ def _run(args):
     if args.list:
         _list()
         return 0
-    common.positive_epochs("alphabet", args.epochs)
+    common.positive_epochs(args.epochs)
     common.require_device(args.device)
     out = common.out_dir(args)
     with common.Timer() as tm:

@@ -7,6 +7,7 @@ exit status 2 instead of a traceback.
 """
 
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -33,9 +34,9 @@ def add_common_arguments(parser, *, epochs_help):
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def positive_epochs(where, epochs):
+def positive_epochs(epochs):
     if epochs is not None and epochs < 1:
-        raise CommandError(f"{where}: --epochs must be at least 1, got {epochs}")
+        raise CommandError(f"--epochs must be at least 1, got {epochs}")
     return epochs
 
 
@@ -59,7 +60,7 @@ def require_device(device):
     if device == "cpu":
         return
     try:
-        from npylstm import gpu
+        gpu = importlib.import_module("npylstm.gpu")
     except ImportError as e:  # npylstm.gpu itself missing, or one of its imports (cupy, ...)
         missing = getattr(e, "name", None)
         if missing in (None, "npylstm.gpu"):

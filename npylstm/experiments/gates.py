@@ -165,7 +165,7 @@ def _sine(args):
 
 
 def _run(args):
-    common.positive_epochs("gates", args.epochs)
+    common.positive_epochs(args.epochs)
     common.require_device(args.device)
     out = common.out_dir(args)
     with common.Timer() as tm:

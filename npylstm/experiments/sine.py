@@ -221,7 +221,7 @@ def figure(arrays, results, path):
 
 
 def _run(args):
-    common.positive_epochs("sine", args.epochs)
+    common.positive_epochs(args.epochs)
     common.require_device(args.device)
     out = common.out_dir(args)
     with common.Timer() as tm:
