@@ -82,7 +82,8 @@ def test_sine_both_models_beat_last_value(sine_run):
     assert code == 0
     mse = load_json(out / "sine.json")["test_mse"]
     for model in ("stateless", "stateful"):
-        assert mse[model] < mse["last_value"], f"{model} test MSE {mse[model]:.5f} >= last value {mse['last_value']:.5f}"
+        assert mse[model] < mse["last_value"], \
+            f"{model} test MSE {mse[model]:.5f} >= last value {mse['last_value']:.5f}"
     assert mse["noise_floor"] == pytest.approx(sine.SIGMA ** 2)
 
 

@@ -158,8 +158,9 @@ def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=Tru
     s["epochs"] = epochs or s["epochs"][1 if quick else 0]
     stateful = name == "stateful"
     H, D = s["hidden"], x.shape[-1]
-    model = npylstm.Sequential([LSTM(D, H, batch_first=True, seed=int(rng.integers(2 ** 31)), **common.lstm_kwargs(device)),
-                                npylstm.Linear(H, K, seed=int(rng.integers(2 ** 31)))], stateful=stateful, seed=seed)
+    lstm = LSTM(D, H, batch_first=True, seed=int(rng.integers(2 ** 31)), **common.lstm_kwargs(device))
+    head = npylstm.Linear(H, K, seed=int(rng.integers(2 ** 31)))
+    model = npylstm.Sequential([lstm, head], stateful=stateful, seed=seed)
     model.compile(loss="cross_entropy", optimizer=npylstm.Adam(lr=s["lr"]))
     shuffle = name not in ("one_batch", "stateful")
     with common.Timer() as tm:
@@ -183,14 +184,15 @@ def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True):
         row["accuracy"] = float(np.mean(head.forward(seq[0]).argmax(-1) == labels))
         # the same through the toolkit's own stateful path: in order, batch 1, state carried from a reset
         model.reset_states()
-        row["accuracy_stateful_evaluate"] = float(model.evaluate(x, npylstm.one_hot(labels, K), batch_size=1)["accuracy"])
+        scores = model.evaluate(x, npylstm.one_hot(labels, K), batch_size=1)
+        row["accuracy_stateful_evaluate"] = float(scores["accuracy"])
         row["recital_from_A"] = recite(runner, 0, K - 1)
         row["recites_alphabet"] = row["recital_from_A"] == LETTERS[1:]
         row["cold_K"] = recite(runner, LETTERS.index("K"), 5)
         row["cold_K_correct"] = row["cold_K"] == "LMNOP"
     else:
         row["accuracy"] = accuracy(model, x, labels, mask)
-    if name == "variable_length":   # a second draw: only ~110 distinct runs exist, so this checks the draw, not generalisation
+    if name == "variable_length":   # a second draw (only ~110 distinct runs exist: checks the draw, not generalisation)
         xh, lh, mh = dataset(name, np.random.default_rng([seed, 99]))
         row["accuracy_fresh_sample"] = accuracy(model, xh, lh, mh)
     return row

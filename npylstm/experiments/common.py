@@ -64,7 +64,8 @@ def require_device(device):
     except ImportError as e:  # npylstm.gpu itself missing, or one of its imports (cupy, ...)
         missing = getattr(e, "name", None)
         if missing in (None, "npylstm.gpu"):
-            raise CommandError("--device cuda: this build of npylstm has no GPU path (npylstm.gpu is missing)") from None
+            raise CommandError("--device cuda: this build of npylstm has no GPU path "
+                               "(npylstm.gpu is missing)") from None
         raise CommandError(f"--device cuda: cannot import {missing!r} ({e})") from None
     try:
         gpu.require_cuda()

@@ -37,7 +37,8 @@ def _stacked_layers(model, where):
     if not lstms:
         raise ValueError(f"{where}: model must be an npylstm LSTM or a Sequential holding LSTM layers, "
                          f"got {type(model).__name__}")
-    return [tuple(common.host(lstm.params[k]) for k in param_names(j)) for lstm in lstms for j in range(lstm.num_layers)]
+    return [tuple(common.host(lstm.params[k]) for k in param_names(j))
+            for lstm in lstms for j in range(lstm.num_layers)]
 
 
 def gate_activations(model, x, layer=0):
