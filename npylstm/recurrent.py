@@ -1,0 +1,214 @@
+"""`Recurrent`: what the LSTM and GRU layers share, written once.
+
+A layer is L stacked sequences over one functional backend. This base validates arguments once,
+converts the layout (batch_first, unbatched input) to time-major, runs the layers, keeps what backward
+needs, carries the state in stateful mode, and accumulates gradients into `grads`. A subclass says
+only what differs, in five class attributes and methods:
+
+    name             "LSTM" / "GRU": starts every error message
+    state_names      ("h", "c") / ("h",): the state tensors, each (L, N, H)
+    _param_names     layer -> the keys of that layer's parameters in `params`
+    _run_forward     one layer's sequence forward:  (inp, states, params, mask) -> (Y, final states, cache)
+    _run_backward    one layer's BPTT:             (dY, dstates, cache) -> (dx, dstates0, dparams)
+
+Shapes: x (T, N, D), or (N, T, D) with batch_first, or (T, D) unbatched; y likewise with H features;
+every state (L, N, H) whatever batch_first is ((L, H) for unbatched input), as in PyTorch.
+
+Stateful mode (Keras `stateful=True`): with no state given, every call starts from the state the
+previous call ended with (zeros at first and after `reset_states()`); the batch size is locked by the
+first call. Gradients stop at the call boundary (truncated BPTT): backward returns the gradient on the
+carried state but nothing flows into the calls before.
+"""
+
+import numpy as np
+
+from .checks import as_float_array, check_dtype, check_positive_int, check_shape
+
+
+class Recurrent:
+    name = "Recurrent"
+    state_names = ("h",)
+
+    def __init__(self, input_size, hidden_size, num_layers, batch_first, dtype, stateful):
+        where = self.name
+        self.input_size = check_positive_int(where, "input_size", input_size)
+        self.hidden_size = check_positive_int(where, "hidden_size", hidden_size)
+        self.num_layers = check_positive_int(where, "num_layers", num_layers)
+        self.dtype = check_dtype(where, dtype)
+        self.batch_first = bool(batch_first)
+        self.stateful = bool(stateful)
+        self.params = {}             # the subclass fills it, then calls zero_grad()
+        self.grads = {}
+        self._caches = None          # per layer, from the last forward
+        self._call = None            # layout of the last forward: (unbatched, T, N)
+        self._state = None           # stateful: a tuple of state tensors, each (L, N, H)
+        self._batch_size = None      # stateful: locked by the first call
+
+    # ------------------------------------------------------------------ what a subclass defines
+    def _param_names(self, layer):
+        raise NotImplementedError
+
+    def _run_forward(self, inp, states, params, mask):
+        raise NotImplementedError
+
+    def _run_backward(self, dY, dstates, cache):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ bookkeeping
+    def zero_grad(self):
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def reset_states(self, rows=None, *, batch_size=None):
+        """Stateful mode: zero the carried state.
+
+        rows : (N,) booleans -- zero only those rows (their sequences ended); None -- all rows.
+        batch_size : also re-lock the layer to a new batch size (the carried state is dropped).
+        """
+        where = f"{self.name}.reset_states"
+        if batch_size is not None:
+            if rows is not None:
+                raise ValueError(f"{where}: give rows or batch_size, not both")
+            self._batch_size = check_positive_int(where, "batch_size", batch_size)
+            self._state = None
+            return
+        if rows is None:
+            self._state = None
+            return
+        rows = np.asarray(rows)
+        if rows.dtype != bool:
+            raise ValueError(f"{where}: rows must be booleans, got dtype {rows.dtype}")
+        if self._batch_size is not None:
+            check_shape(where, "rows", rows, (self._batch_size,))
+        if self._state is not None:
+            for s in self._state:
+                s[:, rows] = 0
+
+    @property
+    def state(self):
+        """Stateful mode: the carried state ((h, c) for the LSTM, h for the GRU), or None before the first call."""
+        return None if self._state is None else self._pack(self._state)
+
+    def num_parameters(self):
+        return sum(v.size for v in self.params.values())
+
+    def _pack(self, states):
+        """A tuple of state tensors as the public API shows it: the tensor itself when there is one."""
+        return states[0] if len(states) == 1 else tuple(states)
+
+    def _unpack(self, where, arg, value, names):
+        """The public API's state argument (a tensor, or a tuple of them) -> a list of arrays named `names`."""
+        k = len(names)
+        if k == 1:
+            return [value]
+        if not isinstance(value, (tuple, list)) or len(value) != k:
+            what = "a pair" if k == 2 else f"a tuple of {k}"
+            raise ValueError(f"{where}: {arg} must be {what} ({', '.join(names)}), got {type(value).__name__}")
+        return list(value)
+
+    # ------------------------------------------------------------------ forward / backward
+    def _forward(self, x, state, mask, state_arg):
+        """y, final states (packed) of the stacked layers; `state_arg` names the state argument in errors."""
+        where = f"{self.name}.forward"
+        L, H = self.num_layers, self.hidden_size
+        x = as_float_array(where, "x", x, self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{where}: x must have 3 dimensions ({self._layout()}) or 2 (T, D) for "
+                             f"unbatched input, got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{where}: x has {x.shape[-1]} features, expected {self.input_size}")
+        unbatched = x.ndim == 2
+        x_tm = x[:, None, :] if unbatched else (x.swapaxes(0, 1) if self.batch_first else x)  # (T, N, D)
+        T, N = x_tm.shape[:2]
+        if T < 1 or N < 1:
+            raise ValueError(f"{where}: x has shape {tuple(x.shape)}: needs at least one step and one row")
+        state_shape = (L, H) if unbatched else (L, N, H)
+        if state is None and self.stateful and self._batch_size is not None and N != self._batch_size:
+            raise ValueError(
+                f"{where}: stateful layer was started with batch size {self._batch_size}, got {N}: row i "
+                f"of each batch continues row i of the previous one, so the batch size cannot change. "
+                f"Call reset_states(batch_size={N}) to start over with {N} rows.")
+        if state is not None:
+            names = [f"{s}0" for s in self.state_names]
+            given = self._unpack(where, state_arg, state, names)
+            states = tuple(as_float_array(where, n, s, self.dtype) for n, s in zip(names, given))
+            for n, s in zip(names, states):
+                check_shape(where, n, s, state_shape)
+            states = tuple(s.reshape(L, N, H) for s in states)
+        elif self.stateful and self._state is not None:
+            states = self._state
+        else:
+            states = (np.zeros((L, N, H), self.dtype),) * len(self.state_names)
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype != bool:
+                raise ValueError(f"{where}: mask must be booleans, got dtype {mask.dtype}")
+            check_shape(where, "mask", mask, x.shape[:-1])
+            mask = mask[:, None] if unbatched else (mask.T if self.batch_first else mask)  # (T, N)
+            mask = np.ascontiguousarray(mask)
+
+        # -- everything is valid: from here on the call changes state
+        inp = np.ascontiguousarray(x_tm)
+        caches = []
+        finals = tuple(np.empty((L, N, H), self.dtype) for _ in self.state_names)
+        for layer in range(L):
+            params = tuple(self.params[k] for k in self._param_names(layer))
+            inp, last, cache = self._run_forward(inp, tuple(s[layer] for s in states), params, mask)
+            for f, s in zip(finals, last):
+                f[layer] = s
+            caches.append(cache)
+        self._caches = caches
+        self._call = (unbatched, T, N)
+        if self.stateful:
+            self._batch_size = N
+            self._state = tuple(f.copy() for f in finals)
+        y = inp[:, 0] if unbatched else (inp.swapaxes(0, 1) if self.batch_first else inp)
+        y = np.array(y, order="C")  # a copy: inp is a view of the cache that backward reads
+        if unbatched:
+            finals = tuple(f[:, 0] for f in finals)
+        return y, self._pack(finals)
+
+    def _backward(self, dy, dstate, dstate_arg):
+        """dx, gradients on the initial states (packed); adds the parameter gradients to grads."""
+        where = f"{self.name}.backward"
+        if self._caches is None:
+            raise ValueError(f"{where}: call forward first: backward differentiates the last forward call")
+        L, H = self.num_layers, self.hidden_size
+        unbatched, T, N = self._call
+        y_shape = (T, H) if unbatched else ((N, T, H) if self.batch_first else (T, N, H))
+        state_shape = (L, H) if unbatched else (L, N, H)
+        dy = as_float_array(where, "dy", dy, self.dtype)
+        check_shape(where, "dy", dy, y_shape)
+        if dstate is not None:
+            names = [f"d{s}_n" for s in self.state_names]
+            given = self._unpack(where, dstate_arg, dstate, names)
+            dstates = tuple(as_float_array(where, n, s, self.dtype) for n, s in zip(names, given))
+            for n, s in zip(names, dstates):
+                check_shape(where, n, s, state_shape)
+            dstates = tuple(s.reshape(L, N, H) for s in dstates)
+        else:
+            dstates = (np.zeros((L, N, H), self.dtype),) * len(self.state_names)
+
+        dY = dy[:, None, :] if unbatched else (dy.swapaxes(0, 1) if self.batch_first else dy)  # (T, N, H)
+        dY = np.ascontiguousarray(dY)
+        d0 = tuple(np.empty((L, N, H), self.dtype) for _ in self.state_names)
+        for layer in reversed(range(L)):
+            dY, ds, dparams = self._run_backward(dY, tuple(s[layer] for s in dstates), self._caches[layer])
+            for out, s in zip(d0, ds):
+                out[layer] = s
+            for k, g in zip(self._param_names(layer), dparams):
+                self.grads[k] += g
+        dx = dY[:, 0] if unbatched else (dY.swapaxes(0, 1) if self.batch_first else dY)
+        if unbatched:
+            d0 = tuple(s[:, 0] for s in d0)
+        return np.ascontiguousarray(dx), self._pack(d0)
+
+    def _layout(self):
+        return "N, T, D" if self.batch_first else "T, N, D"
+
+    def _repr_extra(self):
+        return ""
+
+    def __repr__(self):
+        return (f"{self.name}(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"num_layers={self.num_layers}, batch_first={self.batch_first}, dtype={self.dtype.name}, "
+                f"stateful={self.stateful}{self._repr_extra()})")
