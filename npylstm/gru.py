@@ -7,11 +7,12 @@ Parameters per layer k, PyTorch's gate order [ r | z | n ]: W_x_l{k} (D, 3H), W_
 b_x_l{k} (3H,), b_h_l{k} (3H,). reset_after=True is PyTorch's, cuDNN's and Keras's default GRU
 (R multiplies H_prev W_h,n + b_h,n); reset_after=False is the original one (R multiplies H_prev
 before the product). Shapes, batch_first, unbatched input, masks and stateful mode are the LSTM's.
+CPU only: there are no GRU kernels yet, so device="cuda" is refused.
 """
 
 import numpy as np
 
-from . import gru_sequence as numpy_backend
+from . import gru_sequence
 from .recurrent import Recurrent
 
 
@@ -23,9 +24,12 @@ def gru_param_names(layer):
 class GRU(Recurrent):
     name = "GRU"
     state_names = ("h",)
+    state_arg, dstate_arg = "h0", "dh_n"
+    numpy_backend = gru_sequence
+    cuda_backend = None                  # no GRU kernels yet: GRU(device="cuda") is refused
 
     def __init__(self, input_size, hidden_size, num_layers=1, batch_first=False, dtype=np.float32,
-                 seed=None, reset_after=True, stateful=False):
+                 seed=None, reset_after=True, stateful=False, device="cpu"):
         super().__init__(input_size, hidden_size, num_layers, batch_first, dtype, stateful)
         if not isinstance(reset_after, (bool, np.bool_)):
             raise ValueError(f"GRU: reset_after must be True or False, got {reset_after!r}")
@@ -40,7 +44,7 @@ class GRU(Recurrent):
             for name, shape in zip(gru_param_names(layer), shapes):
                 self.params[name] = rng.uniform(-k, k, shape).astype(self.dtype)
         self.zero_grad()
-        self._backend = numpy_backend
+        self.to(device)
 
     def _param_names(self, layer):
         return gru_param_names(layer)
@@ -64,14 +68,14 @@ class GRU(Recurrent):
         mask : booleans shaped like x without its feature axis ((T, N), (N, T) with batch_first);
         False marks padding: that step leaves the state unchanged and its output repeats H_{t-1}.
         """
-        return self._forward(x, h0, mask, "h0")
+        return self._forward(x, h0, mask)
 
     def backward(self, dy, dh_n=None):
         """dx, dh0 = backward(dy, dh_n=None); adds the parameter gradients to grads.
 
         dy has y's shape; dh_n h_n's. Backpropagates through the last forward call.
         """
-        return self._backward(dy, dh_n, "dh_n")
+        return self._backward(dy, dh_n)
 
     def to_torch_state_dict(self):
         from .gru_interop import gru_to_torch_state_dict

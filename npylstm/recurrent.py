@@ -3,13 +3,19 @@
 A layer is L stacked sequences over one functional backend. This base validates arguments once,
 converts the layout (batch_first, unbatched input) to time-major, runs the layers, keeps what backward
 needs, carries the state in stateful mode, and accumulates gradients into `grads`. A subclass says
-only what differs, in five class attributes and methods:
+only what differs:
 
-    name             "LSTM" / "GRU": starts every error message
-    state_names      ("h", "c") / ("h",): the state tensors, each (L, N, H)
-    _param_names     layer -> the keys of that layer's parameters in `params`
-    _run_forward     one layer's sequence forward:  (inp, states, params, mask) -> (Y, final states, cache)
-    _run_backward    one layer's BPTT:             (dY, dstates, cache) -> (dx, dstates0, dparams)
+    name                   "LSTM" / "GRU": starts every error message
+    state_names            ("h", "c") / ("h",): the state tensors, each (L, N, H)
+    state_arg, dstate_arg  the public names of the state arguments ("state", "dstate" / "h0", "dh_n")
+    _param_names(layer)    the keys of that layer's parameters in `params` (filled by __init__)
+    _run_forward           one layer's sequence forward:  (inp, states, params, mask) -> (Y, final states, cache)
+    _run_backward          one layer's BPTT:             (dY, dstates, cache) -> (dx, dstates0, dparams)
+    numpy_backend          the module _run_forward/_run_backward call on the CPU
+    cuda_backend           kernel version -> the object they call on the GPU (None: CPU only)
+
+With one state tensor the public API shows it bare (GRU: `y, h_n = gru(x, h0)`); with several, as a
+tuple (LSTM: `y, (h_n, c_n) = lstm(x, (h0, c0))`).
 
 Shapes: x (T, N, D), or (N, T, D) with batch_first, or (T, D) unbatched; y likewise with H features;
 every state (L, N, H) whatever batch_first is ((L, H) for unbatched input), as in PyTorch.
@@ -18,16 +24,24 @@ Stateful mode (Keras `stateful=True`): with no state given, every call starts fr
 previous call ended with (zeros at first and after `reset_states()`); the batch size is locked by the
 first call. Gradients stop at the call boundary (truncated BPTT): backward returns the gradient on the
 carried state but nothing flows into the calls before.
+
+Devices: `to("cuda")` moves parameters, gradients and carried state to the GPU (CuPy arrays) and swaps
+the backend; inputs are moved to the layer's device at the boundary, and masks stay on the host.
 """
 
 import numpy as np
 
+from . import gpu
 from .checks import as_float_array, check_dtype, check_positive_int, check_shape
 
 
 class Recurrent:
     name = "Recurrent"
-    state_names = ("h",)
+    state_names = ("h",)       # the state tensors, in the order the API gives them
+    state_arg = "h0"           # forward's state argument and backward's gradient argument, named in errors
+    dstate_arg = "dh_n"
+    numpy_backend = None       # the subclass's sequence module
+    cuda_backend = None        # kernel -> GPU backend; None: this layer has no CUDA implementation
 
     def __init__(self, input_size, hidden_size, num_layers, batch_first, dtype, stateful):
         where = self.name
@@ -37,8 +51,10 @@ class Recurrent:
         self.dtype = check_dtype(where, dtype)
         self.batch_first = bool(batch_first)
         self.stateful = bool(stateful)
-        self.params = {}             # the subclass fills it, then calls zero_grad()
+        self.params = {}             # the subclass fills it, then calls self.to(device, kernel=kernel)
         self.grads = {}
+        self.device, self.kernel, self._xp = "cpu", None, np
+        self._backend = self.numpy_backend
         self._caches = None          # per layer, from the last forward
         self._call = None            # layout of the last forward: (unbatched, T, N)
         self._state = None           # stateful: a tuple of state tensors, each (L, N, H)
@@ -56,7 +72,7 @@ class Recurrent:
 
     # ------------------------------------------------------------------ bookkeeping
     def zero_grad(self):
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.grads = {k: self._xp.zeros_like(v) for k, v in self.params.items()}
 
     def reset_states(self, rows=None, *, batch_size=None):
         """Stateful mode: zero the carried state.
@@ -80,13 +96,32 @@ class Recurrent:
         if self._batch_size is not None:
             check_shape(where, "rows", rows, (self._batch_size,))
         if self._state is not None:
+            rows = self._xp.asarray(rows)
             for s in self._state:
                 s[:, rows] = 0
 
     @property
     def state(self):
-        """Stateful mode: the carried state ((h, c) for the LSTM, h for the GRU), or None before the first call."""
+        """Stateful mode: the carried state ((h, c) for the LSTM, h for the GRU), each (L, N, H), or None."""
         return None if self._state is None else self._pack(self._state)
+
+    @state.setter
+    def state(self, value):
+        """Stateful mode: set the carried state (copied), locking the batch size to its N; None clears it."""
+        where = f"{self.name}.state"
+        if value is None:
+            self._state = None
+            return
+        if not self.stateful:
+            raise ValueError(f"{where}: only a stateful layer carries a state; pass {self.state_arg}= to forward instead")
+        names = self.state_names
+        given = self._unpack(where, "state", value, names)
+        states = tuple(gpu.to_device(as_float_array(where, n, s, self.dtype), self.device) for n, s in zip(names, given))
+        check_shape(where, names[0], states[0], (self.num_layers, None, self.hidden_size))
+        for n, s in zip(names[1:], states[1:]):
+            check_shape(where, n, s, tuple(states[0].shape))
+        self._batch_size = int(states[0].shape[1])
+        self._state = tuple(s.copy() for s in states)
 
     def num_parameters(self):
         return sum(v.size for v in self.params.values())
@@ -106,11 +141,12 @@ class Recurrent:
         return list(value)
 
     # ------------------------------------------------------------------ forward / backward
-    def _forward(self, x, state, mask, state_arg):
-        """y, final states (packed) of the stacked layers; `state_arg` names the state argument in errors."""
+    def _forward(self, x, state, mask):
+        """y, final states (packed) of the stacked layers."""
         where = f"{self.name}.forward"
         L, H = self.num_layers, self.hidden_size
-        x = as_float_array(where, "x", x, self.dtype)
+        xp = self._xp
+        x = gpu.to_device(as_float_array(where, "x", x, self.dtype), self.device)
         if x.ndim not in (2, 3):
             raise ValueError(f"{where}: x must have 3 dimensions ({self._layout()}) or 2 (T, D) for "
                              f"unbatched input, got shape {tuple(x.shape)}")
@@ -129,17 +165,18 @@ class Recurrent:
                 f"Call reset_states(batch_size={N}) to start over with {N} rows.")
         if state is not None:
             names = [f"{s}0" for s in self.state_names]
-            given = self._unpack(where, state_arg, state, names)
-            states = tuple(as_float_array(where, n, s, self.dtype) for n, s in zip(names, given))
+            given = self._unpack(where, self.state_arg, state, names)
+            states = tuple(gpu.to_device(as_float_array(where, n, s, self.dtype), self.device)
+                           for n, s in zip(names, given))
             for n, s in zip(names, states):
                 check_shape(where, n, s, state_shape)
             states = tuple(s.reshape(L, N, H) for s in states)
         elif self.stateful and self._state is not None:
             states = self._state
         else:
-            states = (np.zeros((L, N, H), self.dtype),) * len(self.state_names)
+            states = (xp.zeros((L, N, H), self.dtype),) * len(self.state_names)
         if mask is not None:
-            mask = np.asarray(mask)
+            mask = np.asarray(gpu.to_device(mask, "cpu"))
             if mask.dtype != bool:
                 raise ValueError(f"{where}: mask must be booleans, got dtype {mask.dtype}")
             check_shape(where, "mask", mask, x.shape[:-1])
@@ -147,9 +184,9 @@ class Recurrent:
             mask = np.ascontiguousarray(mask)
 
         # -- everything is valid: from here on the call changes state
-        inp = np.ascontiguousarray(x_tm)
+        inp = xp.ascontiguousarray(x_tm)
         caches = []
-        finals = tuple(np.empty((L, N, H), self.dtype) for _ in self.state_names)
+        finals = tuple(xp.empty((L, N, H), self.dtype) for _ in self.state_names)
         for layer in range(L):
             params = tuple(self.params[k] for k in self._param_names(layer))
             inp, last, cache = self._run_forward(inp, tuple(s[layer] for s in states), params, mask)
@@ -162,12 +199,12 @@ class Recurrent:
             self._batch_size = N
             self._state = tuple(f.copy() for f in finals)
         y = inp[:, 0] if unbatched else (inp.swapaxes(0, 1) if self.batch_first else inp)
-        y = np.array(y, order="C")  # a copy: inp is a view of the cache that backward reads
+        y = xp.array(y, order="C")  # a copy: inp is a view of the cache that backward reads
         if unbatched:
             finals = tuple(f[:, 0] for f in finals)
         return y, self._pack(finals)
 
-    def _backward(self, dy, dstate, dstate_arg):
+    def _backward(self, dy, dstate):
         """dx, gradients on the initial states (packed); adds the parameter gradients to grads."""
         where = f"{self.name}.backward"
         if self._caches is None:
@@ -176,21 +213,23 @@ class Recurrent:
         unbatched, T, N = self._call
         y_shape = (T, H) if unbatched else ((N, T, H) if self.batch_first else (T, N, H))
         state_shape = (L, H) if unbatched else (L, N, H)
-        dy = as_float_array(where, "dy", dy, self.dtype)
+        xp = self._xp
+        dy = gpu.to_device(as_float_array(where, "dy", dy, self.dtype), self.device)
         check_shape(where, "dy", dy, y_shape)
         if dstate is not None:
             names = [f"d{s}_n" for s in self.state_names]
-            given = self._unpack(where, dstate_arg, dstate, names)
-            dstates = tuple(as_float_array(where, n, s, self.dtype) for n, s in zip(names, given))
+            given = self._unpack(where, self.dstate_arg, dstate, names)
+            dstates = tuple(gpu.to_device(as_float_array(where, n, s, self.dtype), self.device)
+                            for n, s in zip(names, given))
             for n, s in zip(names, dstates):
                 check_shape(where, n, s, state_shape)
             dstates = tuple(s.reshape(L, N, H) for s in dstates)
         else:
-            dstates = (np.zeros((L, N, H), self.dtype),) * len(self.state_names)
+            dstates = (xp.zeros((L, N, H), self.dtype),) * len(self.state_names)
 
         dY = dy[:, None, :] if unbatched else (dy.swapaxes(0, 1) if self.batch_first else dy)  # (T, N, H)
-        dY = np.ascontiguousarray(dY)
-        d0 = tuple(np.empty((L, N, H), self.dtype) for _ in self.state_names)
+        dY = xp.ascontiguousarray(dY)
+        d0 = tuple(xp.empty((L, N, H), self.dtype) for _ in self.state_names)
         for layer in reversed(range(L)):
             dY, ds, dparams = self._run_backward(dY, tuple(s[layer] for s in dstates), self._caches[layer])
             for out, s in zip(d0, ds):
@@ -200,7 +239,33 @@ class Recurrent:
         dx = dY[:, 0] if unbatched else (dY.swapaxes(0, 1) if self.batch_first else dY)
         if unbatched:
             d0 = tuple(s[:, 0] for s in d0)
-        return np.ascontiguousarray(dx), self._pack(d0)
+        return xp.ascontiguousarray(dx), self._pack(d0)
+
+    # ------------------------------------------------------------------ device
+    def to(self, device, kernel=None):
+        """Move parameters, gradients and carried state to `device` ('cpu' or 'cuda'); returns self.
+
+        kernel : the CUDA kernel version (npylstm.gpu.KERNEL_VERSIONS; None: gpu.DEFAULT_KERNEL); 'cuda' only.
+        The cache of the last forward is dropped: call forward again before backward.
+        """
+        where = f"{self.name}.to"
+        gpu.check_device(where, device)
+        if device == "cpu":
+            if kernel is not None:
+                raise ValueError(f"{where}: kernel selects a CUDA kernel version; it needs device='cuda'")
+            self._xp, self._backend = np, self.numpy_backend
+        else:
+            if self.cuda_backend is None:
+                raise ValueError(f"{where}: the {self.name} has no CUDA backend yet; device must be 'cpu'")
+            kernel = gpu.check_kernel(where, gpu.DEFAULT_KERNEL if kernel is None else kernel)
+            self._xp, self._backend = gpu.require_cuda(where), self.cuda_backend(kernel)
+        move = (lambda a: gpu.to_device(a, device))
+        self.params = {k: move(v) for k, v in self.params.items()}
+        self.grads = {k: move(v) for k, v in self.grads.items()}
+        if self._state is not None:
+            self._state = tuple(move(s) for s in self._state)
+        self.device, self.kernel, self._caches = device, kernel, None
+        return self
 
     def _layout(self):
         return "N, T, D" if self.batch_first else "T, N, D"
@@ -211,4 +276,4 @@ class Recurrent:
     def __repr__(self):
         return (f"{self.name}(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.num_layers}, batch_first={self.batch_first}, dtype={self.dtype.name}, "
-                f"stateful={self.stateful}{self._repr_extra()})")
+                f"stateful={self.stateful}, device={self.device!r}{self._repr_extra()})")

@@ -340,6 +340,25 @@ def test_stateful_split_sequence_equals_whole_sequence():
     assert split.state is None
 
 
+def test_state_setter_continues_from_the_given_state():
+    rng = np.random.default_rng(14)
+    T, N, D, H, L = 4, 5, 2, 3, 2
+    stateful = random_gru(rng, D, H, L, False, 1.0, stateful=True)
+    plain = GRU(D, H, num_layers=L, dtype=np.float64, reset_after=False)
+    plain.params = {k: v.copy() for k, v in stateful.params.items()}
+    x, h = rng.normal(size=(T, N, D)), rng.uniform(-1, 1, (L, N, H))
+    stateful.state = h
+    y, h_n = stateful(x)
+    y_ref, h_n_ref = plain(x, h)
+    assert_close("y", y, y_ref, SAME_MATH_RTOL)
+    np.testing.assert_array_equal(stateful.state, h_n)
+    with pytest.raises(ValueError, match=r"^GRU\.state: h has shape \(2, 3\), expected \(2, \*, 3\)"):
+        stateful.state = h[:, 0]
+    with pytest.raises(ValueError, match=r"^GRU\.state: only a stateful layer carries a state; pass h0= "):
+        plain.state = h
+    np.testing.assert_array_equal(stateful.state, h_n)        # the rejected set changed nothing
+
+
 def test_grads_accumulate_until_zero_grad():
     rng = np.random.default_rng(9)
     gru = random_gru(rng, 2, 3, 2, True, 1.0)
@@ -426,6 +445,9 @@ def test_rejected_call_names_the_argument_and_changes_nothing(bad):
     (lambda: GRU(3, 4, num_layers=1.5), "GRU: num_layers must be a positive int"),
     (lambda: GRU(3, 4, dtype=np.int32), "GRU: dtype must be float32 or float64"),
     (lambda: GRU(3, 4, reset_after="yes"), "GRU: reset_after must be True or False"),
+    (lambda: GRU(3, 4, device="gpu"), "GRU.to: device must be 'cpu' or 'cuda', got 'gpu'"),
+    (lambda: GRU(3, 4, device="cuda"), "GRU.to: the GRU has no CUDA backend yet; device must be 'cpu'"),
+    (lambda: GRU(3, 4).to("cpu", kernel=1), "GRU.to: kernel selects a CUDA kernel version"),
     (lambda: GRU(3, 4).backward(np.zeros((5, 2, 4))), "GRU.backward: call forward first"),
     (lambda: gru_from_torch(torch.nn.LSTM(3, 4)), "gru_from_torch: weight_hh_l0 has shape (16, 4), expected (3H, H)"),
     (lambda: gru_from_torch(torch.nn.GRU(3, 4, bidirectional=True)), "gru_from_torch: bidirectional"),
