@@ -3,7 +3,8 @@
 The math is gru_cell.py's, step for step; the speed tricks are sequence.py's:
 
 * the input product X_t W_x + b_x for all T steps is one matrix product before the loop, and dW_x,
-  db_x, dx (and dW_h, db_h) are one product each after the backward loop;
+  dx and dW_h are one product each after the backward loop (dW_h two with reset_after=False: its
+  n block multiplies R ⊙ H_{t-1}, not H_{t-1});
 * every per-step array is preallocated and written in place (`out=`);
 * the two sigmoids of a step are one np.tanh call over the (N, 2H) [ r | z ] block:
   σ(a) = 0.5 * tanh(a / 2) + 0.5, so the r, z columns of W_x, W_h and the biases are pre-scaled by 1/2.
