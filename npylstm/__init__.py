@@ -1,10 +1,6 @@
 """npylstm: an LSTM from scratch, to be read, checked and timed."""
 
 from .cell import GATES, step_backward, step_forward
-from .gru import GRU
-from .gru_cell import GRU_GATES, gru_step_backward, gru_step_forward
-from .gru_interop import gru_from_keras, gru_from_torch, gru_to_keras, gru_to_torch_state_dict
-from .gru_sequence import gru_sequence_backward, gru_sequence_forward
 from .interop import from_keras, from_torch, to_keras, to_torch_state_dict
 from .lstm import LSTM
 from .sequence import sequence_backward, sequence_forward
@@ -21,3 +17,9 @@ from .model import Sequential
 
 # seed experiments (issue 5): the gate recorder and its heatmaps
 from .experiments import gate_activations, plot_gates
+
+# GRU (issue 7)
+from .gru import GRU
+from .gru_cell import GRU_GATES, gru_step_backward, gru_step_forward
+from .gru_interop import gru_from_keras, gru_from_torch, gru_to_keras, gru_to_torch_state_dict
+from .gru_sequence import gru_sequence_backward, gru_sequence_forward
