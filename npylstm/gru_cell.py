@@ -90,7 +90,8 @@ def gru_step_backward(dH, cache):
         # forward: A_n = A_x,n + R*A_h,n      ->  dA_x,n = dA_n, dR = dA_n*A_h,n, dA_h,n = dA_n*R
         dR = dA_n * A_hn
         dA_hn = dA_n * R
-        # forward: A_h,n = H_prev W_h,n + b_h,n  ->  dW_h,n = H_prevᵀ dA_h,n, db_h,n = Σ_n dA_h,n, dH_prev += dA_h,n W_h,nᵀ
+        # forward: A_h,n = H_prev W_h,n + b_h,n  ->  dW_h,n = H_prevᵀ dA_h,n, db_h,n = Σ dA_h,n,
+        #                                             dH_prev += dA_h,n W_h,nᵀ
         dW_hn = h_prev.T @ dA_hn
         db_hn = dA_hn.sum(axis=0)
         dh_prev += dA_hn @ W_hn.T
@@ -105,7 +106,8 @@ def gru_step_backward(dH, cache):
     # forward: R = σ(A_r), Z = σ(A_z)        ->  dA_r = dR*R(1-R), dA_z = dZ*Z(1-Z)
     dA_r = dR * R * (1.0 - R)
     dA_z = dZ * Z * (1.0 - Z)
-    # forward: A_r = A_x,r + H_prev W_h,r + b_h,r (same for z)  ->  dW_h,r = H_prevᵀ dA_r, db_h,r = Σ_n dA_r, dH_prev += dA_r W_h,rᵀ
+    # forward: A_r = A_x,r + H_prev W_h,r + b_h,r (same for z)  ->  dW_h,r = H_prevᵀ dA_r, db_h,r = Σ dA_r,
+    #                                                               dH_prev += dA_r W_h,rᵀ
     dW_h = np.concatenate([h_prev.T @ dA_r, h_prev.T @ dA_z, dW_hn], axis=-1)      # (H, 3H)
     db_h = np.concatenate([dA_r.sum(axis=0), dA_z.sum(axis=0), db_hn])             # (3H,)
     dh_prev += dA_r @ W_hr.T + dA_z @ W_hz.T

@@ -90,7 +90,7 @@ def gru_sequence_forward(x, h0, W_x, W_h, b_x, b_h, reset_after=True, mask=None)
             a_n += np.matmul(RH[t], W_hn)
         np.tanh(a_n, out=a_n)
         h = Hs[t + 1]
-        np.subtract(Hs[t], H_tilde, out=h)              # H = Z ⊙ H_prev + (1 − Z) ⊙ H̃ = H̃ + Z ⊙ (H_prev − H̃)
+        np.subtract(Hs[t], H_tilde, out=h)              # H = Z⊙H_prev + (1−Z)⊙H̃ = H̃ + Z⊙(H_prev − H̃)
         h *= Z
         h += H_tilde
         if keep is not None:                            # masked rows keep H of the step before

@@ -113,10 +113,12 @@ class Recurrent:
             self._state = None
             return
         if not self.stateful:
-            raise ValueError(f"{where}: only a stateful layer carries a state; pass {self.state_arg}= to forward instead")
+            raise ValueError(f"{where}: only a stateful layer carries a state; "
+                             f"pass {self.state_arg}= to forward instead")
         names = self.state_names
         given = self._unpack(where, "state", value, names)
-        states = tuple(gpu.to_device(as_float_array(where, n, s, self.dtype), self.device) for n, s in zip(names, given))
+        states = tuple(gpu.to_device(as_float_array(where, n, s, self.dtype), self.device)
+                       for n, s in zip(names, given))
         check_shape(where, names[0], states[0], (self.num_layers, None, self.hidden_size))
         for n, s in zip(names[1:], states[1:]):
             check_shape(where, n, s, tuple(states[0].shape))
