@@ -121,7 +121,7 @@ def test_sequence_equals_chained_cells(N, T, D, H, reset_after, seed):
 # ---------------------------------------------------------------------------------------------- layer vs FD
 
 @pytest.mark.parametrize("reset_after", [True, False])
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(N=st.integers(1, 4), T=st.integers(1, 5), D=st.integers(1, 6), H=st.integers(1, 6), L=st.integers(1, 3),
        w_scale=st.floats(0.3, 3.0), masked=st.booleans(), batch_first=st.booleans(),
        seed=st.integers(0, 2**32 - 1))
