@@ -1,0 +1,44 @@
+"""Shared test settings and the comparison helper.
+
+Hypothesis: when CI is set, Hypothesis itself loads its built-in `ci` profile (deadline off,
+derandomized, print_blob). We extend it, not replace it: `npylstm-ci` inherits every `ci` setting and
+is loaded instead when CI is set; `npylstm-dev` is the default profile without a deadline (BPTT
+examples vary a lot in cost). Tests that run BPTT also say deadline=None themselves, and set their own
+max_examples where an example is costly. HYPOTHESIS_PROFILE=<name> picks any profile.
+"""
+
+import os
+
+import numpy as np
+from hypothesis import settings
+
+settings.register_profile("npylstm-ci", parent=settings.get_profile("ci"), deadline=None, derandomize=True)
+settings.register_profile("npylstm-dev", parent=settings.get_profile("default"), deadline=None)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+elif os.environ.get("CI"):
+    settings.load_profile("npylstm-ci")
+
+TINY = 1e-30  # only guards 0/0 when both tensors are exactly zero
+
+
+def assert_close(actual, expected, rtol, what, floor=TINY):
+    """Per-tensor relative error max|a - b| / max(max|a|, max|b|, floor) < rtol; on failure say where.
+
+    The message carries the evidence: max |a - b|, its index, the two values there, the scale and rtol.
+    """
+    a = np.asarray(actual, np.float64)
+    b = np.asarray(expected, np.float64)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != expected {b.shape}"
+    if a.size == 0:
+        return
+    diff = np.abs(a - b)
+    scale = max(float(np.abs(a).max()), float(np.abs(b).max()), floor)
+    err = float(diff.max()) / scale
+    if not err < rtol:
+        where = np.unravel_index(int(diff.argmax()), a.shape)
+        worst = np.argsort(diff, axis=None)[::-1][:3]
+        pairs = ", ".join(f"{np.unravel_index(int(k), a.shape)}: {a.flat[k]:.6g} vs {b.flat[k]:.6g}" for k in worst)
+        raise AssertionError(
+            f"{what}: relative error {err:.3g} >= {rtol:g} (max |a - b| = {diff.max():.3g} at {where}, "
+            f"scale {scale:.3g}); worst pairs: {pairs}")
