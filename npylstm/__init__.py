@@ -1,7 +1,7 @@
 """npylstm: an LSTM from scratch, to be read, checked and timed."""
 
 from .cell import GATES, step_backward, step_forward
-from .gradcheck import GradcheckRow, gradcheck
+from .gradcheck import GradcheckRow, check_gradients
 from .interop import from_keras, from_torch, to_keras, to_torch_state_dict
 from .lstm import LSTM
 from .sequence import sequence_backward, sequence_forward

@@ -15,7 +15,7 @@ and each tensor gets one number, its relative error
 Biases, initial states and upstream gradients are all drawn random and non-zero (a zero bias hides a
 backward that uses the wrong bias). `npylstm gradcheck` prints the table and exits 1 if a tensor fails.
 
-    rows = gradcheck(layers=2, hidden=4, steps=5, batch=3, seed=0)   # [GradcheckRow, ...]
+    rows = check_gradients(layers=2, hidden=4, steps=5, batch=3, seed=0)   # [GradcheckRow, ...]
 """
 
 from typing import NamedTuple
@@ -53,7 +53,8 @@ def rel_error(a, b, floor=FD_FLOOR):
 
 
 def numeric_gradient(loss, a, eps=FD_EPS):
-    """Central differences of the scalar `loss()` with respect to the array `a`, which loss reads.
+    """Central differences of the scalar `loss()` with respect to the array `a` (which loss reads; any layout
+    whose flat view is a view, e.g. C-contiguous).
 
     `a` is perturbed in place one entry at a time and restored exactly (the saved value is written
     back), so the caller's arrays are unchanged afterwards.
@@ -61,7 +62,7 @@ def numeric_gradient(loss, a, eps=FD_EPS):
     grad = np.empty(a.shape, np.float64)
     flat, g = a.reshape(-1), grad.reshape(-1)
     if not np.shares_memory(flat, a):
-        raise ValueError("numeric_gradient: a must be contiguous (it is perturbed in place)")
+        raise ValueError("numeric_gradient: a must be contiguous (it is perturbed in place through a flat view)")
     for k in range(flat.size):
         saved = flat[k]
         flat[k] = saved + eps
@@ -152,7 +153,7 @@ def check_layer(rng, T, N, D, H, layers, weight_scale=1.0, batch_first=False, ma
     return compare("layer", analytic, a, loss, tol)
 
 
-def gradcheck(layers=2, hidden=4, steps=5, batch=3, input_size=3, seed=0, weight_scale=2.0, tol=REL_TOL):
+def check_gradients(layers=2, hidden=4, steps=5, batch=3, input_size=3, seed=0, weight_scale=2.0, tol=REL_TOL):
     """Check every gradient of the cell, the sequence and an L-layer LSTM; returns a list of GradcheckRow.
 
     weight_scale widens the weights (U(±scale/√(D+H))) so that some gates run saturated.
@@ -197,7 +198,7 @@ def add_arguments(parser):
 
 def run(args):
     try:
-        rows = gradcheck(layers=args.layers, hidden=args.hidden, steps=args.steps, batch=args.batch,
+        rows = check_gradients(layers=args.layers, hidden=args.hidden, steps=args.steps, batch=args.batch,
                          input_size=args.input_size, seed=args.seed, weight_scale=args.scale)
     except ValueError as e:
         print(f"npylstm gradcheck: {e}")
