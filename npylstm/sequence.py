@@ -1,14 +1,25 @@
 """T steps of one LSTM layer, forward and backpropagation through time (NumPy backend).
 
-The math is cell.py's, step for step; this file is where the speed tricks live:
+The math is cell.py's, step for step; this file is where the speed tricks live. On small sizes a
+step costs what its NumPy calls cost (~0.5-1 µs each, whatever the array size), so the loops are
+written to make few calls:
 
 * the input product X_t W_x (+ b) for all T steps is one matrix product before the loop, and dW_x,
   dW_h, db and dx are one product each after the backward loop;
-* every per-step array is preallocated and written in place (`out=`), so a step is a fixed, small
-  number of NumPy calls;
+* every per-step array is preallocated and written in place (`out=`): no temporaries;
 * the three sigmoids and the tanh of a step are one np.tanh call over the whole (N, 4H) block:
   sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, so the i, f, o columns of W_x, W_h and b are pre-scaled by
-  1/2 and the tanh output is mapped back with one multiply-add (SCALE, SHIFT below).
+  1/2 and the tanh output is mapped back with one multiply-add (SCALE, SHIFT below);
+* backward: everything in a step's gradient that does not depend on dH or dC -- the gate
+  derivatives and their partners, Q = [σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C]
+  and P = O (1 − tanh² C) -- is computed for a chunk of steps at once, outside the step loop, into
+  one buffer laid out per step as [ i | f | g | o | P ] (5H columns). In the loop, dH multiplies the
+  adjacent [o | P] blocks and dC the adjacent [i | f | g] blocks in one broadcast call each, and the
+  first 4H columns are then dA, ready for the products.
+
+NumPy calls per time step (no mask): forward 10 (1 matmul + 9 ufuncs); backward 6 (1 matmul + 5
+ufuncs) plus 11 per chunk of steps (a chunk is ~1 MiB of the buffer: all of T for small sizes).
+Before this layout the backward made 16 per step. A mask adds 2 per step each way.
 
 Time-major: x (T, N, D), states (N, H). An optional mask (T, N) of booleans marks the real steps:
 where it is False the step leaves (H, C) unchanged (the output repeats the previous H), and the
@@ -23,6 +34,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .cell import gate_blocks
+
+CHUNK_BYTES = 1 << 20   # backward factors are computed this many bytes of [i|f|g|o|P] at a time (~ L2)
 
 
 def _gate_vectors(H, dtype):
@@ -60,32 +73,68 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
     W_h_scaled = W_h * scale                                             # (H, 4H)
     gates = (x.reshape(T * N, D) @ (W_x * scale)).reshape(T, N, 4 * H)   # hoisted input product
     gates += b * scale
+    I_, F_, C_tilde_, O_ = gate_blocks(gates)                            # (T, N, H) views, one per gate
     Hs = np.empty((T + 1, N, H), dtype)
     Cs = np.empty((T + 1, N, H), dtype)
     Hs[0] = h0
     Cs[0] = c0
     tanh_C = np.empty((T, N, H), dtype)
+    HW = np.empty((N, 4 * H), dtype)                    # H_prev W_h of the current step
     IC = np.empty((N, H), dtype)
     m = None if mask is None else mask.reshape(T, N, 1).astype(dtype)
     keep = None if mask is None else ~mask.reshape(T, N, 1)
     for t in range(T):
-        a = gates[t]                                    # (N, 4H), holds X_t W_x + b (scaled)
-        a += np.matmul(Hs[t], W_h_scaled)               # A = X W_x + H_prev W_h + b  (scaled)
+        a, c, tc = gates[t], Cs[t + 1], tanh_C[t]       # a: (N, 4H), holds X_t W_x + b (scaled)
+        np.matmul(Hs[t], W_h_scaled, out=HW)            # A = X W_x + H_prev W_h + b  (scaled)
+        a += HW
         np.tanh(a, out=a)
         a *= scale                                      # I, F, O = σ(A_i, A_f, A_o); C̃ = tanh(A_g)
         a += shift
-        I, F, C_tilde, O = gate_blocks(a)
-        c = Cs[t + 1]
-        np.multiply(F, Cs[t], out=c)                    # C = F ⊙ C_prev + I ⊙ C̃
-        np.multiply(I, C_tilde, out=IC)
+        np.multiply(F_[t], Cs[t], out=c)                # C = F ⊙ C_prev + I ⊙ C̃
+        np.multiply(I_[t], C_tilde_[t], out=IC)
         c += IC
-        np.tanh(c, out=tanh_C[t])                       # H = O ⊙ tanh(C)
-        np.multiply(O, tanh_C[t], out=Hs[t + 1])
+        np.tanh(c, out=tc)                              # H = O ⊙ tanh(C)
+        np.multiply(O_[t], tc, out=Hs[t + 1])
         if keep is not None:                            # masked rows keep (H, C) of the step before
             np.copyto(Hs[t + 1], Hs[t], where=keep[t])
-            np.copyto(Cs[t + 1], Cs[t], where=keep[t])
+            np.copyto(c, Cs[t], where=keep[t])
     cache = SequenceCache(x, W_x, W_h, Hs, Cs, gates, tanh_C, m)
     return Hs[1:], Hs[T].copy(), Cs[T].copy(), cache
+
+
+def _backward_factors(Q, gates, tanh_C, Cs, steps, m=None, F_through=None):
+    """Fill Q[steps] (k, N, 5H) with the parts of each step's gradient that do not depend on dH, dC.
+
+    Per step, in GATES order, then P:
+        [ σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C | O (1 − tanh² C) ]
+    so that the loop finishes dA_i, dA_f, dA_g with one product by dC and dA_o, dH ⊙ P with one
+    product by dH. With a mask, masked rows are zeroed (their dA is 0) and F_through[steps] gets
+    F where the step is real and 1 where it is masked (dC passes through a masked step).
+    """
+    H = tanh_C.shape[-1]
+    q, P = Q[steps, :, :4 * H], Q[steps, :, 4 * H:]     # (k, N, 4H), (k, N, H) views
+    g = gates[steps]
+    I, F, C_tilde, O = gate_blocks(g)
+    qI, qF, qC_tilde, qO = gate_blocks(q)
+    tc = tanh_C[steps]
+    # forward: I, F, O = σ(A)  ->  σ'(A) = σ(1 − σ);   forward: C̃ = tanh(A_g)  ->  tanh'(A_g) = 1 − C̃²
+    np.multiply(g, g, out=q)                            # gate²
+    np.subtract(1, qC_tilde, out=qC_tilde)              # 1 − C̃²
+    np.subtract(g[..., :2 * H], q[..., :2 * H], out=q[..., :2 * H])   # σ − σ² on i, f (adjacent: one call)
+    np.subtract(O, qO, out=qO)                          # σ − σ² on o
+    # forward: C = F ⊙ C_prev + I ⊙ C̃  ->  dA_i = dC ⊙ C̃ σ'_i,  dA_f = dC ⊙ C_prev σ'_f,  dA_g = dC ⊙ I tanh'_g
+    qI *= C_tilde
+    qF *= Cs[steps]
+    qC_tilde *= I
+    # forward: H = O ⊙ tanh(C)  ->  dA_o = dH ⊙ tanh(C) σ'_o,  dC += dH ⊙ O (1 − tanh² C)
+    qO *= tc
+    np.multiply(tc, tc, out=P)
+    np.subtract(1, P, out=P)
+    P *= O
+    if m is not None:
+        Q[steps] *= m[steps]
+        np.multiply(F, m[steps], out=F_through[steps])
+        F_through[steps] += 1 - m[steps]
 
 
 def sequence_backward(dY, dh_T, dc_T, cache):
@@ -98,45 +147,34 @@ def sequence_backward(dY, dh_T, dc_T, cache):
     H = W_h.shape[0]
     dtype = x.dtype
     W_hT = np.ascontiguousarray(W_h.T)                  # (4H, H)
-    dA = np.empty((T, N, 4 * H), dtype)                 # every step's dA, for the products after the loop
+    Q = np.empty((T, N, 5 * H), dtype)                  # per step [ i | f | g | o | P ]: factors, then dA
+    Q5 = Q.reshape(T, N, 5, H)                          # the same, by block: Q5[t, :, k] is block k
+    dA = Q[:, :, :4 * H]                                # (T, N, 4H) view: every step's dA, for the products
     dH = np.array(dh_T, dtype=dtype)                    # carried back through time
     dC = np.array(dc_T, dtype=dtype)
-    tmp = np.empty((N, H), dtype)
-    fac = np.empty((N, 4 * H), dtype)
-    for t in range(T - 1, -1, -1):
-        dH += dY[t]                                     # dH_t = dY_t + dH coming back from t+1
-        if m is not None:                               # a masked step passes dH, dC through untouched
-            dH_through, dC_through = dH * (1 - m[t]), dC * (1 - m[t])
-            dH *= m[t]
-            dC *= m[t]
-        I, F, C_tilde, O = gate_blocks(gates[t])
-        d = dA[t]
-        dI, dF, dC_tilde, dO = gate_blocks(d)
-        # forward: H = O * tanh(C)           ->  dO = dH * tanh(C),  dC += dH * O * (1 - tanh²(C))
-        np.multiply(dH, tanh_C[t], out=dO)
-        np.multiply(tanh_C[t], tanh_C[t], out=tmp)
-        np.subtract(1, tmp, out=tmp)
-        tmp *= O
-        tmp *= dH
-        dC += tmp
-        # forward: C = F*C_prev + I*C_tilde  ->  dI = dC*C_tilde, dF = dC*C_prev, dC_tilde = dC*I, dC_prev = dC*F
-        np.multiply(dC, C_tilde, out=dI)
-        np.multiply(dC, Cs[t], out=dF)
-        np.multiply(dC, I, out=dC_tilde)
-        dC *= F
-        # forward: I,F,O = σ(A), C̃ = tanh(A) ->  dA = d(gate) * [I(1-I), F(1-F), 1-C̃², O(1-O)]
-        np.multiply(gates[t], gates[t], out=fac)        # gate²
-        np.subtract(1, gate_blocks(fac)[2], out=tmp)    # 1 - C̃²            (tmp is free again)
-        np.subtract(gates[t], fac, out=fac)             # gate - gate² = σ(1-σ) on i, f, o
-        gate_blocks(fac)[2][...] = tmp
-        d *= fac
-        # forward: A = X W_x + H_prev W_h + b  ->  dH_prev = dA W_hᵀ
-        np.matmul(d, W_hT, out=dH)
-        if m is not None:
-            dH += dH_through
-            dC += dC_through
+    dH_, dC_ = dH[:, None, :], dC[:, None, :]           # (N, 1, H) views that broadcast over gate blocks
+    F_ = gates[:, :, H:2 * H]                           # F of every step: dC_prev = dC ⊙ F
+    if m is not None:
+        F_ = np.empty((T, N, H), dtype)                 # F on real steps, 1 on masked ones
+        keep = 1 - m                                    # (T, N, 1): 1 where dH, dC pass through
+        dH_through = np.empty((N, H), dtype)
+    chunk = max(1, CHUNK_BYTES // (N * 5 * H * dtype.itemsize))
+    for end in range(T, 0, -chunk):
+        _backward_factors(Q, gates, tanh_C, Cs, slice(max(end - chunk, 0), end), m, F_)
+        for t in range(end - 1, max(end - chunk, 0) - 1, -1):
+            dH += dY[t]                                 # dH_t = dY_t + dH coming back from t+1
+            oP, ifg = Q5[t, :, 3:5], Q5[t, :, 0:3]      # (N, 2, H), (N, 3, H) views
+            np.multiply(oP, dH_, out=oP)                # dA_o = dH ⊙ tanh(C) σ'_o ;  dH ⊙ O (1 − tanh² C)
+            dC += oP[:, 1]                              # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
+            np.multiply(ifg, dC_, out=ifg)              # dA_i, dA_f, dA_g = dC ⊙ [C̃ σ'_i, C_prev σ'_f, I tanh'_g]
+            dC *= F_[t]                                 # forward: C = F ⊙ C_prev + ...  ->  dC_prev = dC ⊙ F
+            if m is not None:                           # a masked step passes dH through untouched
+                np.multiply(dH, keep[t], out=dH_through)
+            np.matmul(dA[t], W_hT, out=dH)              # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
+            if m is not None:
+                dH += dH_through
     # forward: A = X W_x + H_prev W_h + b, all steps at once  ->  one product each
-    dA2 = dA.reshape(T * N, 4 * H)
+    dA2 = dA.reshape(T * N, 4 * H)                      # a view: rows 5H apart
     dW_x = x.reshape(T * N, D).T @ dA2
     dW_h = Hs[:T].reshape(T * N, H).T @ dA2
     db = dA2.sum(axis=0)

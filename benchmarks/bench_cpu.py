@@ -1,0 +1,220 @@
+"""CPU benchmark: npylstm (NumPy) vs PyTorch's nn.LSTM, float32, microseconds per time step.
+
+    python3 benchmarks/bench_cpu.py [--threads 2] [--rounds 3] [--repeats 15] [--json bench_cpu.json]
+
+For each (T, N, D, H) it first checks correctness (npylstm loaded from the nn.LSTM's weights gives the
+same outputs and gradients, float32), then times forward and forward+backward of a one-layer LSTM
+with the same thread count on both sides. Each side runs in its own process, alternating
+A B A B (design.md §5: in one process OpenBLAS's and PyTorch's OpenMP worker threads keep spinning
+after a call and fight over the cores). Reported: medians over every repeat of every round, per time
+step, and the ratio npylstm / torch (below 1: NumPy is faster).
+
+Both sides do the same work: a layer call with validation and layout (npylstm `LSTM.forward`, torch
+`nn.LSTM.__call__`), and for forward+backward the gradients of x, h0, c0 and every parameter
+(torch: x and the states require grad). Forward alone: torch under no_grad, npylstm keeps its cache
+(it cannot tell that no backward will follow).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CONFIGS = [(50, 32, 1, 64), (100, 1, 64, 64), (100, 32, 128, 128), (100, 64, 256, 256), (100, 128, 512, 512)]
+CHECK_RTOL = 1e-4   # float32: npylstm vs torch on the same weights (see tests/test_interop.py)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def problem(T, N, D, H, seed=0):
+    """Weights in PyTorch's layout and inputs, float32, from one seed: both sides build from these."""
+    rng = np.random.default_rng(seed)
+    k = 1.0 / np.sqrt(H)
+    f32 = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32)
+    sd = {"weight_ih_l0": k * f32(4 * H, D), "weight_hh_l0": k * f32(4 * H, H),
+          "bias_ih_l0": k * f32(4 * H), "bias_hh_l0": k * f32(4 * H)}
+    return sd, f32(T, N, D), f32(1, N, H), f32(1, N, H), f32(T, N, H)
+
+
+# ---------------------------------------------------------------------- the two sides
+def make_numpy(T, N, D, H):
+    """(forward, forward_backward) closures for npylstm."""
+    from npylstm import from_torch
+    sd, x, h0, c0, dy = problem(T, N, D, H)
+    lstm = from_torch(sd, dtype=np.float32)
+
+    def forward():
+        return lstm(x, (h0, c0))
+
+    def forward_backward():
+        y, _ = lstm(x, (h0, c0))
+        return lstm.backward(dy)
+
+    return forward, forward_backward
+
+
+def make_torch(T, N, D, H):
+    import torch
+    sd, x, h0, c0, dy = problem(T, N, D, H)
+    ref = torch.nn.LSTM(D, H)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    tx, th0, tc0 = (torch.from_numpy(a).requires_grad_() for a in (x, h0, c0))
+    tdy = torch.from_numpy(dy)
+
+    def forward():
+        with torch.no_grad():
+            return ref(tx, (th0, tc0))
+
+    def forward_backward():
+        y, _ = ref(tx, (th0, tc0))
+        y.backward(tdy)
+
+    return forward, forward_backward
+
+
+def check(T, N, D, H):
+    """npylstm vs torch on the same weights, float32: max relative error over y, h_n, c_n and every gradient."""
+    import torch
+    from npylstm import from_torch
+    sd, x, h0, c0, dy = problem(T, N, D, H)
+    ref = torch.nn.LSTM(D, H)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    tx, th0, tc0 = (torch.from_numpy(a).requires_grad_() for a in (x, h0, c0))
+    ty, (thn, tcn) = ref(tx, (th0, tc0))
+    ty.backward(torch.from_numpy(dy))
+    g = {n: p.grad.numpy() for n, p in ref.named_parameters()}
+    theirs = [ty, thn, tcn, tx.grad, th0.grad, tc0.grad]
+    theirs = [t.detach().numpy() for t in theirs] + [g["weight_ih_l0"].T, g["weight_hh_l0"].T, g["bias_ih_l0"]]
+    lstm = from_torch(sd, dtype=np.float32)
+    y, (h_n, c_n) = lstm(x, (h0, c0))
+    dx, (dh0, dc0) = lstm.backward(dy)
+    mine = [y, h_n, c_n, dx, dh0, dc0, lstm.grads["W_x_l0"], lstm.grads["W_h_l0"], lstm.grads["b_l0"]]
+    errs = [float(np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-30)) for a, b in zip(mine, theirs)]
+    return max(errs)
+
+
+def worker(side, T, N, D, H, threads, repeats, warmup):
+    """Runs in its own process: times one side, prints {"fwd": [s, ...], "fwdbwd": [s, ...]} (per call)."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(threads)
+    if side == "torch":
+        import torch
+        torch.set_num_threads(threads)
+    forward, forward_backward = (make_numpy if side == "numpy" else make_torch)(T, N, D, H)
+    out = {}
+    for name, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = times
+    print(json.dumps(out))
+
+
+def run_worker(side, cfg, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--config", ",".join(map(str, cfg)),
+           "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise RuntimeError(f"{side} worker failed for {cfg}:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def repeats_for(cfg, base):
+    """Fewer repeats where one call is long (the largest configs), so a run stays a few minutes."""
+    T, N, D, H = cfg
+    work = T * N * H * (D + H)
+    return max(5, min(base, int(base * 2e7 / work))) if work > 2e7 else base
+
+
+def machine_info(threads):
+    import torch
+    from threadpoolctl import threadpool_info
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            "numpy": np.__version__, "torch": torch.__version__,
+            "blas": [{k: v for k, v in d.items() if k != "filepath"} for d in threadpool_info()],
+            "torch_parallel": torch.__config__.parallel_info().splitlines()[:4],
+            "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
+                                                   "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads on both sides (default: all cores)")
+    p.add_argument("--rounds", type=int, default=3, help="A B alternations per configuration (default 3)")
+    p.add_argument("--repeats", type=int, default=15, help="timed calls per worker (default 15; fewer for big configs)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    p.add_argument("--configs", default=None, help="T,N,D,H;T,N,D,H;... (default: the five of the issue)")
+    p.add_argument("--json", default="bench_cpu.json", help="where to write the results (default bench_cpu.json)")
+    p.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    sys.path.insert(0, ROOT)
+    if args.worker:
+        worker(args.worker, *map(int, args.config.split(",")), args.threads, args.repeats, args.warmup)
+        return 0
+
+    configs = CONFIGS if args.configs is None else [tuple(map(int, c.split(","))) for c in args.configs.split(";")]
+    info = machine_info(args.threads)
+    print(f"# {info['cpu']}, {info['cores']} cores, threads={args.threads}, numpy {info['numpy']}, "
+          f"torch {info['torch']}, BLAS: " + ", ".join(f"{b['internal_api']} {b['version']} {b.get('architecture', '')}"
+                                                       for b in info["blas"]))
+    print("# correctness first (float32, same weights, y, h_n, c_n and every gradient):")
+    for cfg in configs:
+        err = check(*cfg)
+        ok = err < CHECK_RTOL
+        print(f"#   T,N,D,H = {','.join(map(str, cfg)):<16} max rel error {err:.1e}  {'matched' if ok else 'MISMATCH'}")
+        if not ok:
+            print("npylstm and torch disagree: not timing")
+            return 1
+    print(f"# times: microseconds per time step, median of {args.rounds} rounds x repeats, each side in its own "
+          f"process, alternating")
+    head = (f"{'T':>4} {'N':>4} {'D':>4} {'H':>4} | {'numpy fwd':>10} {'torch fwd':>10} {'ratio':>6} | "
+            f"{'numpy f+b':>10} {'torch f+b':>10} {'ratio':>6}")
+    print(head)
+    print("-" * len(head))
+    rows = []
+    for cfg in configs:
+        T = cfg[0]
+        samples = {s: {"fwd": [], "fwdbwd": []} for s in ("numpy", "torch")}
+        reps = repeats_for(cfg, args.repeats)
+        for _ in range(args.rounds):
+            for side in ("numpy", "torch"):
+                r = run_worker(side, cfg, argparse.Namespace(**{**vars(args), "repeats": reps}))
+                for k in r:
+                    samples[side][k] += r[k]
+        med = {s: {k: float(np.median(v)) / T * 1e6 for k, v in samples[s].items()} for s in samples}
+        row = dict(T=cfg[0], N=cfg[1], D=cfg[2], H=cfg[3],
+                   numpy_fwd_us=med["numpy"]["fwd"], torch_fwd_us=med["torch"]["fwd"],
+                   numpy_fwdbwd_us=med["numpy"]["fwdbwd"], torch_fwdbwd_us=med["torch"]["fwdbwd"],
+                   samples_per_side=len(samples["numpy"]["fwd"]))
+        row["ratio_fwd"] = row["numpy_fwd_us"] / row["torch_fwd_us"]
+        row["ratio_fwdbwd"] = row["numpy_fwdbwd_us"] / row["torch_fwdbwd_us"]
+        rows.append(row)
+        print(f"{cfg[0]:>4} {cfg[1]:>4} {cfg[2]:>4} {cfg[3]:>4} | {row['numpy_fwd_us']:>10.1f} "
+              f"{row['torch_fwd_us']:>10.1f} {row['ratio_fwd']:>6.2f} | {row['numpy_fwdbwd_us']:>10.1f} "
+              f"{row['torch_fwdbwd_us']:>10.1f} {row['ratio_fwdbwd']:>6.2f}", flush=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": info, "rounds": args.rounds, "results": rows}, f, indent=2)
+    print(f"# wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
