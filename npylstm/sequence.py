@@ -71,8 +71,14 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
     dtype = x.dtype
     scale, shift = _gate_vectors(H, dtype)
     W_h_scaled = W_h * scale                                             # (H, 4H)
-    gates = (x.reshape(T * N, D) @ (W_x * scale)).reshape(T, N, 4 * H)   # hoisted input product
+    x2, W_x_scaled = x.reshape(T * N, D), W_x * scale
+    if D == 1:                                          # an outer product: 3.5x faster than OpenBLAS at K = 1
+        gates = np.multiply(x2, W_x_scaled).reshape(T, N, 4 * H)
+    else:
+        gates = (x2 @ W_x_scaled).reshape(T, N, 4 * H)  # hoisted input product, all T steps at once
     gates += b * scale
+    scale, shift = (np.ascontiguousarray(np.broadcast_to(v, (N, 4 * H))) for v in (scale, shift))  # (N, 4H):
+    # same-shape operands take NumPy's fastest loop (a broadcast (4H,) vector costs 2x per call)
     I_, F_, C_tilde_, O_ = gate_blocks(gates)                            # (T, N, H) views, one per gate
     Hs = np.empty((T + 1, N, H), dtype)
     Cs = np.empty((T + 1, N, H), dtype)
@@ -85,7 +91,7 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
     keep = None if mask is None else ~mask.reshape(T, N, 1)
     for t in range(T):
         a, c, tc = gates[t], Cs[t + 1], tanh_C[t]       # a: (N, 4H), holds X_t W_x + b (scaled)
-        np.matmul(Hs[t], W_h_scaled, out=HW)            # A = X W_x + H_prev W_h + b  (scaled)
+        np.dot(Hs[t], W_h_scaled, out=HW)               # A = X W_x + H_prev W_h + b  (scaled)
         a += HW
         np.tanh(a, out=a)
         a *= scale                                      # I, F, O = σ(A_i, A_f, A_o); C̃ = tanh(A_g)
@@ -150,6 +156,7 @@ def sequence_backward(dY, dh_T, dc_T, cache):
     Q = np.empty((T, N, 5 * H), dtype)                  # per step [ i | f | g | o | P ]: factors, then dA
     Q5 = Q.reshape(T, N, 5, H)                          # the same, by block: Q5[t, :, k] is block k
     dA = Q[:, :, :4 * H]                                # (T, N, 4H) view: every step's dA, for the products
+    oP_, ifg_, P_ = Q5[:, :, 3:5], Q5[:, :, 0:3], Q5[:, :, 4]   # [o | P], [i | f | g], P: views over all T
     dH = np.array(dh_T, dtype=dtype)                    # carried back through time
     dC = np.array(dc_T, dtype=dtype)
     dH_, dC_ = dH[:, None, :], dC[:, None, :]           # (N, 1, H) views that broadcast over gate blocks
@@ -163,14 +170,14 @@ def sequence_backward(dY, dh_T, dc_T, cache):
         _backward_factors(Q, gates, tanh_C, Cs, slice(max(end - chunk, 0), end), m, F_)
         for t in range(end - 1, max(end - chunk, 0) - 1, -1):
             dH += dY[t]                                 # dH_t = dY_t + dH coming back from t+1
-            oP, ifg = Q5[t, :, 3:5], Q5[t, :, 0:3]      # (N, 2, H), (N, 3, H) views
+            oP, ifg = oP_[t], ifg_[t]                   # (N, 2, H), (N, 3, H) views
             np.multiply(oP, dH_, out=oP)                # dA_o = dH ⊙ tanh(C) σ'_o ;  dH ⊙ O (1 − tanh² C)
-            dC += oP[:, 1]                              # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
+            dC += P_[t]                                 # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
             np.multiply(ifg, dC_, out=ifg)              # dA_i, dA_f, dA_g = dC ⊙ [C̃ σ'_i, C_prev σ'_f, I tanh'_g]
             dC *= F_[t]                                 # forward: C = F ⊙ C_prev + ...  ->  dC_prev = dC ⊙ F
             if m is not None:                           # a masked step passes dH through untouched
                 np.multiply(dH, keep[t], out=dH_through)
-            np.matmul(dA[t], W_hT, out=dH)              # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
+            np.dot(dA[t], W_hT, out=dH)                 # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
             if m is not None:
                 dH += dH_through
     # forward: A = X W_x + H_prev W_h + b, all steps at once  ->  one product each
