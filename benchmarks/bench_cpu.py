@@ -146,6 +146,7 @@ def machine_info(threads):
     except (OSError, StopIteration):
         pass
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average_at_start": os.getloadavg(),
             "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
             "numpy": np.__version__, "torch": torch.__version__,
             "blas": [{k: v for k, v in d.items() if k != "filepath"} for d in threadpool_info()],
@@ -210,6 +211,9 @@ def main(argv=None):
         print(f"{cfg[0]:>4} {cfg[1]:>4} {cfg[2]:>4} {cfg[3]:>4} | {row['numpy_fwd_us']:>10.1f} "
               f"{row['torch_fwd_us']:>10.1f} {row['ratio_fwd']:>6.2f} | {row['numpy_fwdbwd_us']:>10.1f} "
               f"{row['torch_fwdbwd_us']:>10.1f} {row['ratio_fwdbwd']:>6.2f}", flush=True)
+    info["load_average_at_end"] = os.getloadavg()
+    print(f"# load average (1, 5, 15 min): {info['load_average_at_start'][0]:.1f} at start, "
+          f"{info['load_average_at_end'][0]:.1f} at end, on {info['cores']} cores (ratios assume a quiet machine)")
     with open(args.json, "w") as f:
         json.dump({"machine": info, "rounds": args.rounds, "results": rows}, f, indent=2)
     print(f"# wrote {args.json}")
