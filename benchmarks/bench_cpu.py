@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 CONFIGS = [(50, 32, 1, 64), (100, 1, 64, 64), (100, 32, 128, 128), (100, 64, 256, 256), (100, 128, 512, 512)]
+TARGET_ALL, TARGET_BIG = 1.5, 1.1   # the issue's targets for the forward+backward ratio npylstm / torch
 CHECK_RTOL = 1e-4   # float32: npylstm vs torch on the same weights (see tests/test_interop.py)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -99,8 +100,14 @@ def check(T, N, D, H):
     return max(errs)
 
 
-def worker(side, T, N, D, H, threads, repeats, warmup):
-    """Runs in its own process: times one side, prints {"fwd": [s, ...], "fwdbwd": [s, ...]} (per call)."""
+def worker(side, T, N, D, H, threads, repeats, warmup, clock="wall"):
+    """Runs in its own process: times one side, prints {"fwd": [s, ...], "fwdbwd": [s, ...]} (per call).
+
+    clock "wall" is time.perf_counter; "cpu" is time.process_time, the CPU time of this process: on a
+    machine shared with other work it leaves out the time spent waiting for a core (meaningful with
+    threads=1 only: with more, it adds up the threads and counts their spin-waiting).
+    """
+    now = time.perf_counter if clock == "wall" else time.process_time
     from threadpoolctl import threadpool_limits
     threadpool_limits(threads)
     if side == "torch":
@@ -113,16 +120,17 @@ def worker(side, T, N, D, H, threads, repeats, warmup):
             fn()
         times = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
         out[name] = times
     print(json.dumps(out))
 
 
 def run_worker(side, cfg, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--config", ",".join(map(str, cfg)),
-           "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+           "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--clock", args.clock]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"{side} worker failed for {cfg}:\n{res.stderr}")
@@ -162,14 +170,18 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=15, help="timed calls per worker (default 15; fewer for big configs)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     p.add_argument("--configs", default=None, help="T,N,D,H;T,N,D,H;... (default: the five of the issue)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: perf_counter (default); cpu: process CPU time, for a loaded machine, with --threads 1")
     p.add_argument("--json", default="bench_cpu.json", help="where to write the results (default bench_cpu.json)")
     p.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
     if args.worker:
-        worker(args.worker, *map(int, args.config.split(",")), args.threads, args.repeats, args.warmup)
+        worker(args.worker, *map(int, args.config.split(",")), args.threads, args.repeats, args.warmup, args.clock)
         return 0
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu needs --threads 1 (CPU time adds up the threads and counts their spin-waiting)")
 
     configs = CONFIGS if args.configs is None else [tuple(map(int, c.split(","))) for c in args.configs.split(";")]
     info = machine_info(args.threads)
@@ -184,8 +196,8 @@ def main(argv=None):
         if not ok:
             print("npylstm and torch disagree: not timing")
             return 1
-    print(f"# times: microseconds per time step, median of {args.rounds} rounds x repeats, each side in its own "
-          f"process, alternating")
+    print(f"# times: microseconds per time step ({args.clock} clock), median of {args.rounds} rounds x repeats, "
+          f"each side in its own process, alternating")
     head = (f"{'T':>4} {'N':>4} {'D':>4} {'H':>4} | {'numpy fwd':>10} {'torch fwd':>10} {'ratio':>6} | "
             f"{'numpy f+b':>10} {'torch f+b':>10} {'ratio':>6}")
     print(head)
@@ -211,11 +223,17 @@ def main(argv=None):
         print(f"{cfg[0]:>4} {cfg[1]:>4} {cfg[2]:>4} {cfg[3]:>4} | {row['numpy_fwd_us']:>10.1f} "
               f"{row['torch_fwd_us']:>10.1f} {row['ratio_fwd']:>6.2f} | {row['numpy_fwdbwd_us']:>10.1f} "
               f"{row['torch_fwdbwd_us']:>10.1f} {row['ratio_fwdbwd']:>6.2f}", flush=True)
+    if configs == CONFIGS:
+        worst = max(r["ratio_fwdbwd"] for r in rows)
+        big = max(r["ratio_fwdbwd"] for r in rows[-2:])
+        print(f"# targets (forward+backward ratio): <= {TARGET_ALL} on every row: worst {worst:.2f} "
+              f"{'met' if worst <= TARGET_ALL else 'NOT met'}; <= {TARGET_BIG} on the two largest: worst {big:.2f} "
+              f"{'met' if big <= TARGET_BIG else 'NOT met'}")
     info["load_average_at_end"] = os.getloadavg()
     print(f"# load average (1, 5, 15 min): {info['load_average_at_start'][0]:.1f} at start, "
           f"{info['load_average_at_end'][0]:.1f} at end, on {info['cores']} cores (ratios assume a quiet machine)")
     with open(args.json, "w") as f:
-        json.dump({"machine": info, "rounds": args.rounds, "results": rows}, f, indent=2)
+        json.dump({"machine": info, "rounds": args.rounds, "clock": args.clock, "results": rows}, f, indent=2)
     print(f"# wrote {args.json}")
     return 0
 
