@@ -91,21 +91,21 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
     IC = np.empty((N, H), dtype)
     m = None if mask is None else mask.reshape(T, N, 1).astype(dtype)
     keep = None if mask is None else ~mask.reshape(T, N, 1)
-    for t in range(T):
-        a, c, tc = gates[t], Cs[t + 1], tanh_C[t]       # a: (N, 4H), holds X_t W_x + b (scaled)
-        np.dot(Hs[t], W_h_scaled, out=HW)               # A = X W_x + H_prev W_h + b  (scaled)
+    steps = zip(gates, Hs[:-1], Hs[1:], Cs[:-1], Cs[1:], tanh_C, I_, F_, C_tilde_, O_)   # per-step views
+    for t, (a, h_prev, h, c_prev, c, tc, I, F, C_tilde, O) in enumerate(steps):   # a: X_t W_x + b (scaled)
+        np.dot(h_prev, W_h_scaled, out=HW)              # A = X W_x + H_prev W_h + b  (scaled)
         a += HW
         np.tanh(a, out=a)
         a *= scale                                      # I, F, O = σ(A_i, A_f, A_o); C̃ = tanh(A_g)
         a += shift
-        np.multiply(F_[t], Cs[t], out=c)                # C = F ⊙ C_prev + I ⊙ C̃
-        np.multiply(I_[t], C_tilde_[t], out=IC)
+        np.multiply(F, c_prev, out=c)                   # C = F ⊙ C_prev + I ⊙ C̃
+        np.multiply(I, C_tilde, out=IC)
         c += IC
         np.tanh(c, out=tc)                              # H = O ⊙ tanh(C)
-        np.multiply(O_[t], tc, out=Hs[t + 1])
+        np.multiply(O, tc, out=h)
         if keep is not None:                            # masked rows keep (H, C) of the step before
-            np.copyto(Hs[t + 1], Hs[t], where=keep[t])
-            np.copyto(c, Cs[t], where=keep[t])
+            np.copyto(h, h_prev, where=keep[t])
+            np.copyto(c, c_prev, where=keep[t])
     cache = SequenceCache(x, W_x, W_h, Hs, Cs, gates, tanh_C, m)
     return Hs[1:], Hs[T].copy(), Cs[T].copy(), cache
 
@@ -169,17 +169,19 @@ def sequence_backward(dY, dh_T, dc_T, cache):
         dH_through = np.empty((N, H), dtype)
     chunk = max(1, CHUNK_BYTES // (N * 5 * H * dtype.itemsize))
     for end in range(T, 0, -chunk):
-        _backward_factors(Q, gates, tanh_C, Cs, slice(max(end - chunk, 0), end), m, F_)
-        for t in range(end - 1, max(end - chunk, 0) - 1, -1):
-            dH += dY[t]                                 # dH_t = dY_t + dH coming back from t+1
-            oP, ifg = oP_[t], ifg_[t]                   # (N, 2, H), (N, 3, H) views
+        start = max(end - chunk, 0)
+        _backward_factors(Q, gates, tanh_C, Cs, slice(start, end), m, F_)
+        back = slice(end - 1, start - 1 if start else None, -1)                   # steps end-1 .. start
+        steps = zip(range(end - 1, start - 1, -1), dY[back], oP_[back], ifg_[back], P_[back], F_[back], dA[back])
+        for t, dY_t, oP, ifg, P, F, dA_t in steps:     # per-step views: oP (N, 2, H), ifg (N, 3, H)
+            dH += dY_t                                  # dH_t = dY_t + dH coming back from t+1
             np.multiply(oP, dH_, out=oP)                # dA_o = dH ⊙ tanh(C) σ'_o ;  dH ⊙ O (1 − tanh² C)
-            dC += P_[t]                                 # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
+            dC += P                                     # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
             np.multiply(ifg, dC_, out=ifg)              # dA_i, dA_f, dA_g = dC ⊙ [C̃ σ'_i, C_prev σ'_f, I tanh'_g]
-            dC *= F_[t]                                 # forward: C = F ⊙ C_prev + ...  ->  dC_prev = dC ⊙ F
+            dC *= F                                     # forward: C = F ⊙ C_prev + ...  ->  dC_prev = dC ⊙ F
             if m is not None:                           # a masked step passes dH through untouched
                 np.multiply(dH, keep[t], out=dH_through)
-            np.dot(dA[t], W_hT, out=dH)                 # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
+            np.dot(dA_t, W_hT, out=dH)                  # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
             if m is not None:
                 dH += dH_through
     # forward: A = X W_x + H_prev W_h + b, all steps at once  ->  one product each
