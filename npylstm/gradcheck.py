@@ -176,7 +176,7 @@ def format_table(rows, tol=REL_TOL):
     lines = [f"{'level':<9} {'tensor':<8} {'shape':<14} {'max rel error':>13}  result",
              f"{'-' * 9} {'-' * 8} {'-' * 14} {'-' * 13}  ------"]
     for r in rows:
-        shape = "(" + ", ".join(map(str, r.shape)) + ")"
+        shape = str(tuple(r.shape))
         lines.append(f"{r.level:<9} {r.tensor:<8} {shape:<14} {r.max_rel_error:>13.2e}  {'pass' if r.passed else 'FAIL'}")
     failed = sum(not r.passed for r in rows)
     lines.append(f"{len(rows) - failed}/{len(rows)} tensors pass (tolerance {tol:.0e}, central differences, "
