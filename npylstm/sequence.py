@@ -11,15 +11,19 @@ written to make few calls:
   sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, so the i, f, o columns of W_x, W_h and b are pre-scaled by
   1/2 and the tanh output is mapped back with one multiply-add (SCALE, SHIFT below);
 * backward: everything in a step's gradient that does not depend on dH or dC -- the gate
-  derivatives and their partners, Q = [σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C]
-  and P = O (1 − tanh² C) -- is computed for a chunk of steps at once, outside the step loop, into
-  one buffer laid out per step as [ i | f | g | o | P ] (5H columns). In the loop, dH multiplies the
-  adjacent [o | P] blocks and dC the adjacent [i | f | g] blocks in one broadcast call each, and the
-  first 4H columns are then dA, ready for the products.
+  derivatives times their partners, [σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C],
+  written straight into the dA buffer, and P = O (1 − tanh² C) -- is computed for a chunk of steps
+  at once, outside the step loop (a chunk is ~1 MiB: all of T for small sizes). In the loop, dC
+  finishes the adjacent [i | f | g] blocks with one broadcast product, dH the o block, and dA is
+  then ready for the products. (P lives in its own array: inside the dA rows it made one call fewer
+  but the per-step product on strided rows cost 10-20 % more with two BLAS threads.)
+* input sizes: D = 1 makes the hoisted product an outer product (OpenBLAS is 3.5x slower at K = 1);
+  otherwise the bias rides in the product as a column of ones.
 
-NumPy calls per time step (no mask): forward 10 (1 matmul + 9 ufuncs); backward 6 (1 matmul + 5
-ufuncs) plus 11 per chunk of steps (a chunk is ~1 MiB of the buffer: all of T for small sizes).
-Before this layout the backward made 16 per step. A mask adds 2 per step each way.
+NumPy calls per time step (no mask): forward 10 (1 product + 9 ufuncs); backward 7 (1 product + 6
+ufuncs) plus 11 per chunk of steps. The plain version made 10 and 17, plus gate_blocks calls (one
+forward, two backward) and ~10 array indexings per step; the loops now zip over per-step views. A
+mask adds 2 calls per step each way.
 
 Time-major: x (T, N, D), states (N, H). An optional mask (T, N) of booleans marks the real steps:
 where it is False the step leaves (H, C) unchanged (the output repeats the previous H), and the
@@ -110,17 +114,17 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
     return Hs[1:], Hs[T].copy(), Cs[T].copy(), cache
 
 
-def _backward_factors(Q, gates, tanh_C, Cs, steps, m=None, F_through=None):
-    """Fill Q[steps] (k, N, 5H) with the parts of each step's gradient that do not depend on dH, dC.
+def _backward_factors(q, P, gates, tanh_C, Cs, steps, m=None, F_through=None):
+    """Fill q[steps] (k, N, 4H) and P[steps] (k, N, H) with what each step's gradient needs besides dH, dC.
 
-    Per step, in GATES order, then P:
-        [ σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C | O (1 − tanh² C) ]
-    so that the loop finishes dA_i, dA_f, dA_g with one product by dC and dA_o, dH ⊙ P with one
-    product by dH. With a mask, masked rows are zeroed (their dA is 0) and F_through[steps] gets
-    F where the step is real and 1 where it is masked (dC passes through a masked step).
+    Per step, in GATES order, and P:
+        q = [ σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C ],   P = O (1 − tanh² C)
+    so that the loop finishes dA_i, dA_f, dA_g with one product by dC, and dA_o with one by dH.
+    With a mask, masked rows are zeroed (their dA is 0) and F_through[steps] gets F where the step is
+    real and 1 where it is masked (dC passes through a masked step).
     """
     H = tanh_C.shape[-1]
-    q, P = Q[steps, :, :4 * H], Q[steps, :, 4 * H:]     # (k, N, 4H), (k, N, H) views
+    q, P = q[steps], P[steps]                           # (k, N, 4H), (k, N, H) views
     g = gates[steps]
     I, F, C_tilde, O = gate_blocks(g)
     qI, qF, qC_tilde, qO = gate_blocks(q)
@@ -140,7 +144,8 @@ def _backward_factors(Q, gates, tanh_C, Cs, steps, m=None, F_through=None):
     np.subtract(1, P, out=P)
     P *= O
     if m is not None:
-        Q[steps] *= m[steps]
+        q *= m[steps]
+        P *= m[steps]
         np.multiply(F, m[steps], out=F_through[steps])
         F_through[steps] += 1 - m[steps]
 
@@ -155,10 +160,10 @@ def sequence_backward(dY, dh_T, dc_T, cache):
     H = W_h.shape[0]
     dtype = x.dtype
     W_hT = np.ascontiguousarray(W_h.T)                  # (4H, H)
-    Q = np.empty((T, N, 5 * H), dtype)                  # per step [ i | f | g | o | P ]: factors, then dA
-    Q5 = Q.reshape(T, N, 5, H)                          # the same, by block: Q5[t, :, k] is block k
-    dA = Q[:, :, :4 * H]                                # (T, N, 4H) view: every step's dA, for the products
-    oP_, ifg_, P_ = Q5[:, :, 3:5], Q5[:, :, 0:3], Q5[:, :, 4]   # [o | P], [i | f | g], P: views over all T
+    dA = np.empty((T, N, 4 * H), dtype)                 # every step's dA (first its factors), for the products
+    P = np.empty((T, N, H), dtype)                      # O ⊙ (1 − tanh² C) of every step
+    dA4 = dA.reshape(T, N, 4, H)                        # by gate block: dA4[t, :, k] is block k
+    ifg_, o_ = dA4[:, :, 0:3], dA4[:, :, 3]             # [i | f | g] (T, N, 3, H) and o (T, N, H) views
     dH = np.array(dh_T, dtype=dtype)                    # carried back through time
     dC = np.array(dc_T, dtype=dtype)
     dH_, dC_ = dH[:, None, :], dC[:, None, :]           # (N, 1, H) views that broadcast over gate blocks
@@ -167,16 +172,17 @@ def sequence_backward(dY, dh_T, dc_T, cache):
         F_ = np.empty((T, N, H), dtype)                 # F on real steps, 1 on masked ones
         keep = 1 - m                                    # (T, N, 1): 1 where dH, dC pass through
         dH_through = np.empty((N, H), dtype)
-    chunk = max(1, CHUNK_BYTES // (N * 5 * H * dtype.itemsize))
+    chunk = max(1, CHUNK_BYTES // (N * 5 * H * dtype.itemsize))   # steps per chunk of dA and P
     for end in range(T, 0, -chunk):
         start = max(end - chunk, 0)
-        _backward_factors(Q, gates, tanh_C, Cs, slice(start, end), m, F_)
+        _backward_factors(dA, P, gates, tanh_C, Cs, slice(start, end), m, F_)
         back = slice(end - 1, start - 1 if start else None, -1)                   # steps end-1 .. start
-        steps = zip(range(end - 1, start - 1, -1), dY[back], oP_[back], ifg_[back], P_[back], F_[back], dA[back])
-        for t, dY_t, oP, ifg, P, F, dA_t in steps:     # per-step views: oP (N, 2, H), ifg (N, 3, H)
+        steps = zip(range(end - 1, start - 1, -1), dY[back], o_[back], P[back], ifg_[back], F_[back], dA[back])
+        for t, dY_t, dA_o, P_t, ifg, F, dA_t in steps:  # per-step views; ifg (N, 3, H)
             dH += dY_t                                  # dH_t = dY_t + dH coming back from t+1
-            np.multiply(oP, dH_, out=oP)                # dA_o = dH ⊙ tanh(C) σ'_o ;  dH ⊙ O (1 − tanh² C)
-            dC += P                                     # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
+            dA_o *= dH                                  # dA_o = dH ⊙ tanh(C) σ'_o
+            P_t *= dH                                   # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
+            dC += P_t
             np.multiply(ifg, dC_, out=ifg)              # dA_i, dA_f, dA_g = dC ⊙ [C̃ σ'_i, C_prev σ'_f, I tanh'_g]
             dC *= F                                     # forward: C = F ⊙ C_prev + ...  ->  dC_prev = dC ⊙ F
             if m is not None:                           # a masked step passes dH through untouched
@@ -185,7 +191,7 @@ def sequence_backward(dY, dh_T, dc_T, cache):
             if m is not None:
                 dH += dH_through
     # forward: A = X W_x + H_prev W_h + b, all steps at once  ->  one product each
-    dA2 = dA.reshape(T * N, 4 * H)                      # a view: rows 5H apart
+    dA2 = dA.reshape(T * N, 4 * H)
     dW_x = x.reshape(T * N, D).T @ dA2
     dW_h = Hs[:T].reshape(T * N, H).T @ dA2
     db = dA2.sum(axis=0)
