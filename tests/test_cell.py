@@ -46,7 +46,7 @@ def test_strategy_reaches_saturated_gates():
 
 
 @pytest.mark.parametrize("name", CELL_ARGS)
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=60)
 @given(case=cell_cases())
 def test_step_backward_matches_finite_differences(name, case):
     args, dH, dC = cell_problem(**case)

@@ -57,7 +57,7 @@ def layer_problem(T, N, D, H, L, scale, batch_first, mask, seed):
 
 
 @pytest.mark.parametrize("name", LAYER_GRADS)
-@settings(deadline=None, max_examples=20)
+@settings(deadline=None, max_examples=50)
 @given(case=layer_cases())
 def test_layer_gradients_match_finite_differences(name, case):
     lstm, x, (h0, c0), mask, dy, (dh, dc) = layer_problem(**case)

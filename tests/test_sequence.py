@@ -49,7 +49,7 @@ def sequence_problem(T, N, D, H, scale, mask, seed, dtype=np.float64):
 
 
 @pytest.mark.parametrize("name", SEQ_ARGS)
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=60)
 @given(case=sequence_cases())
 def test_sequence_backward_matches_finite_differences(name, case):
     args, mask, (dY, dh, dc) = sequence_problem(**case)
