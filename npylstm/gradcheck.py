@@ -158,7 +158,7 @@ def check_gradients(layers=2, hidden=4, steps=5, batch=3, input_size=3, seed=0, 
 
     weight_scale widens the weights (U(±scale/√(D+H))) so that some gates run saturated.
     """
-    where = "gradcheck"
+    where = "check_gradients"
     for name, v in (("layers", layers), ("hidden", hidden), ("steps", steps), ("batch", batch),
                     ("input_size", input_size)):
         check_positive_int(where, name, v)

@@ -100,4 +100,4 @@ def test_cli_exits_nonzero_when_a_tensor_fails(monkeypatch, capsys):
 
 def test_cli_refuses_bad_sizes(capsys):
     assert cli.main(["gradcheck", "--hidden", "0"]) == 2
-    assert "gradcheck: hidden must be a positive int, got 0" in capsys.readouterr().out
+    assert "npylstm gradcheck: check_gradients: hidden must be a positive int, got 0" in capsys.readouterr().out
