@@ -108,8 +108,12 @@ def worker(side, T, N, D, H, threads, repeats, warmup, clock="wall"):
     threads=1 only: with more, it adds up the threads and counts their spin-waiting).
     """
     now = time.perf_counter if clock == "wall" else time.process_time
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+    except ImportError:                                 # then NumPy's BLAS keeps its default (all cores)
+        if threads != os.cpu_count():
+            raise SystemExit("bench_cpu: --threads other than all cores needs threadpoolctl (pip install threadpoolctl)")
     if side == "torch":
         import torch
         torch.set_num_threads(threads)
@@ -146,7 +150,10 @@ def repeats_for(cfg, base):
 
 def machine_info(threads):
     import torch
-    from threadpoolctl import threadpool_info
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = lambda: [{"internal_api": "unknown (pip install threadpoolctl)", "version": ""}]
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
