@@ -42,3 +42,17 @@ def assert_close(actual, expected, rtol, what, floor=TINY):
         raise AssertionError(
             f"{what}: relative error {err:.3g} >= {rtol:g} (max |a - b| = {diff.max():.3g} at {where}, "
             f"scale {scale:.3g}); worst pairs: {pairs}")
+
+
+def nonzero(rng, shape, scale=1.0):
+    """Random, non-zero: scale * U(±[0.1, 1])."""
+    return scale * rng.uniform(0.1, 1.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def padding_mask(rng, T, N, kind):
+    """(T, N) booleans or None; each row has a drawn length in [0, T]: 'post' = real steps first, 'pre' = last."""
+    if kind is None:
+        return None
+    lengths = rng.integers(0, T + 1, N)
+    t = np.arange(T)[:, None]
+    return t < lengths if kind == "post" else t >= T - lengths

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close
+from conftest import assert_close, nonzero
 from npylstm.cell import GATES, gate_blocks, sigmoid, step_backward, step_forward
 from npylstm.gradcheck import FD_FLOOR, numeric_gradient
 
@@ -13,11 +13,6 @@ FD_RTOL = 1e-6        # float64 central differences (eps 1e-6) agree with the ha
 EXACT_RTOL = 1e-13    # two float64 formulas of the same function, a few roundings apart
 CELL_ARGS = ["x", "h_prev", "c_prev", "W_x", "W_h", "b"]
 SATURATED = 8.0       # |A| beyond this: σ'(A) < 3.4e-4, the gate is saturated
-
-
-def nonzero(rng, shape, scale=1.0):
-    """Random, non-zero: scale * U(±[0.1, 1])."""
-    return scale * rng.uniform(0.1, 1.0, shape) * rng.choice([-1.0, 1.0], shape)
 
 
 @st.composite

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from npylstm import (GRU, gru_from_keras, gru_from_torch, gru_sequence_backward, gru_sequence_forward,
                      gru_step_backward, gru_step_forward, gru_to_keras, gru_to_torch_state_dict)
+from npylstm.gradcheck import numeric_gradient
 from npylstm.gru import gru_param_names
 
 FD_EPS = 1e-5         # central-difference step in float64: truncation ~eps²·f''', round-off ~1e-16·|loss|/eps
@@ -40,20 +41,6 @@ def assert_close(name, got, want, rtol, floor=TINY):
         at = np.unravel_index(int(diff.argmax()), diff.shape)
         raise AssertionError(f"{name}: relative error {err:.3e} > {rtol:.1e}; max |a − b| = {diff.max():.3e} "
                              f"at {at}: got {np.asarray(got)[at]!r}, want {np.asarray(want)[at]!r}")
-
-
-def numerical_grad(f, a):
-    """Central differences of the scalar f() with respect to the float64 array a (perturbed in place)."""
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + FD_EPS
-        up = f()
-        a[i] = old - FD_EPS
-        down = f()
-        a[i] = old
-        g[i] = (up - down) / (2 * FD_EPS)
-    return g
 
 
 def random_gru(rng, D, H, L, reset_after, w_scale, **options):
@@ -89,7 +76,7 @@ def test_cell_backward_matches_finite_differences(wrt, reset_after):
 
     _, cache = gru_step_forward(**args, reset_after=reset_after)
     analytic = dict(zip(CELL_ARGS, gru_step_backward(dH, cache)))[wrt]
-    assert_close(f"d{wrt}", analytic, numerical_grad(loss, args[wrt]), FD_RTOL, FD_FLOOR)
+    assert_close(f"d{wrt}", analytic, numeric_gradient(loss, args[wrt], FD_EPS), FD_RTOL, FD_FLOOR)
 
 
 @settings(max_examples=25, deadline=None)
@@ -145,7 +132,7 @@ def test_layer_backward_matches_finite_differences(reset_after, N, T, D, H, L, w
     tensors = {"x": x, "h0": h0, **gru.params}
     assert sorted(tensors) == sorted(["x", "h0"] + [k for layer in range(L) for k in gru_param_names(layer)])
     for name, a in tensors.items():
-        assert_close(f"d{name}", analytic[name], numerical_grad(loss, a), FD_RTOL, FD_FLOOR)
+        assert_close(f"d{name}", analytic[name], numeric_gradient(loss, a, FD_EPS), FD_RTOL, FD_FLOOR)
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch

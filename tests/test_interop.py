@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close
+from conftest import assert_close, nonzero
 from npylstm import LSTM, from_keras, from_torch, to_keras, to_torch_state_dict
 from npylstm.lstm import param_names
 
@@ -14,10 +14,6 @@ torch = pytest.importorskip("torch")
 F64_RTOL = 1e-10   # same float64 math, different summation order (PyTorch's GEMMs and fused gates)
 F32_RTOL = 1e-4    # float32: ~1e-7 per rounding, amplified over T steps and wide weights
 SAME_RTOL = 0.0    # a round trip copies weights: bit-identical
-
-
-def nonzero(rng, shape, scale=1.0):
-    return scale * rng.uniform(0.1, 1.0, shape) * rng.choice([-1.0, 1.0], shape)
 
 
 def torch_twin(lstm, rng, width):

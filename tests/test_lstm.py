@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close
+from conftest import assert_close, nonzero, padding_mask
 from npylstm import LSTM
 from npylstm.gradcheck import FD_FLOOR, numeric_gradient
 from npylstm.lstm import param_names
@@ -13,20 +13,6 @@ from npylstm.lstm import param_names
 FD_RTOL = 1e-6        # float64 central differences vs hand-derived BPTT (~1e-9 seen)
 SAME_RTOL = 1e-12     # the same float64 arithmetic, regrouped (chunked calls, a row computed alone)
 LAYER_GRADS = ["x", "h0", "c0", "W_x", "W_h", "b"]   # W_x, W_h, b: checked for every layer
-
-
-def nonzero(rng, shape, scale=1.0):
-    """Random, non-zero: scale * U(±[0.1, 1])."""
-    return scale * rng.uniform(0.1, 1.0, shape) * rng.choice([-1.0, 1.0], shape)
-
-
-def padding_mask(rng, T, N, kind):
-    """(T, N) booleans or None; each row has a drawn length in [0, T]: 'post' = real steps first, 'pre' = last."""
-    if kind is None:
-        return None
-    lengths = rng.integers(0, T + 1, N)
-    t = np.arange(T)[:, None]
-    return t < lengths if kind == "post" else t >= T - lengths
 
 
 @st.composite

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from npylstm import LSTM, SGD, Adam, Linear, Sequential, cross_entropy_loss, mse_loss, one_hot
+from npylstm.gradcheck import numeric_gradient
 
 FD_EPS = 1e-6      # central-difference step: truncation O(eps²) ≈ 1e-12, rounding ≈ 1e-16 / eps ≈ 1e-10
 FD_RTOL = 1e-6     # relative error per tensor, hand-written BPTT vs central differences, float64
@@ -19,19 +20,6 @@ def rel_err(a, b):
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), np.finfo(np.float64).tiny)
     where = np.unravel_index(int(d.argmax()), d.shape) if d.size else ()
     return float(d.max(initial=0.0) / scale), where
-
-
-def numerical_grad(f, a, eps=FD_EPS):
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + eps
-        fp = f()
-        a[idx] = old - eps
-        fm = f()
-        a[idx] = old
-        g[idx] = (fp - fm) / (2 * eps)
-    return g
 
 
 def padding_mask(rng, N, T, padding):
@@ -107,7 +95,7 @@ def check_model_gradients(N, T, D, sizes, num_layers0, batch_firsts, head, retur
     grads = {k: v.copy() for k, v in model.grads.items()}
     checks = [("x", dx, x)] + [(k, grads[k], p) for k, p in model.params.items()]
     for name, analytic, arr in checks:
-        numeric = numerical_grad(f, arr)
+        numeric = numeric_gradient(f, arr, FD_EPS)
         err, where = rel_err(analytic, numeric)
         abs_err = float(np.abs(analytic - numeric).max())
         assert err <= FD_RTOL or abs_err <= FD_ATOL, (

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from npylstm import LSTM, SGD, Adam, Linear, Sequential, mse_loss, stream_batches
+from npylstm.gradcheck import numeric_gradient
 
 EXACT_RTOL = 1e-12  # float64: chunked and whole runs do the same operations; only BLAS blocking may differ
 FD_EPS = 1e-6       # central-difference step (float64)
@@ -77,15 +78,7 @@ def test_tbptt_gradients_hold_the_incoming_state_constant():
     dx = model.backward(dout)
     grads = {k: v.copy() for k, v in model.grads.items()}
     for name, analytic, arr in [("x2", dx, x2)] + [(k, grads[k], p) for k, p in model.params.items()]:
-        g = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + FD_EPS
-            fp = f()
-            arr[idx] = old - FD_EPS
-            fm = f()
-            arr[idx] = old
-            g[idx] = (fp - fm) / (2 * FD_EPS)
+        g = numeric_gradient(f, arr, FD_EPS)
         diff = np.abs(analytic - g).max()
         rel = diff / max(np.abs(analytic).max(), np.abs(g).max(), np.finfo(float).tiny)
         assert rel <= FD_RTOL or diff <= FD_ATOL, f"{name}: relative error {rel:.3g}, abs {diff:.3g}"
