@@ -46,7 +46,9 @@ def test_compare_quick_writes_json_with_every_row(compare_run):
                            "sine_stateful": sine.SETTINGS["quick"]["stateful_epochs"],
                            "alphabet_stateful": alphabet.SETTINGS["stateful"]["epochs"][1]}[experiment]
         assert r["epochs"] == len(r["epoch_seconds"]) == expected_epochs, (experiment, cell)
-        assert r["seconds_per_epoch"] > 0 and min(r["epoch_seconds"]) <= r["seconds_per_epoch"] <= max(r["epoch_seconds"])
+        for k in ("epoch_seconds", "epoch_cpu_seconds"):
+            median = r[k.replace("epoch_", "") + "_per_epoch"]
+            assert len(r[k]) == r["epochs"] and median > 0 and min(r[k]) <= median <= max(r[k]), (experiment, cell, k)
     for cell in compare.CELLS:   # what the experiments' own tests assert, seen through compare
         assert rows[("alphabet_stateful", cell)]["value"] == 1.0
         assert rows[("alphabet_stateful", cell)]["recites_alphabet"]
@@ -64,7 +66,8 @@ def test_compare_table_matches_the_json(compare_run):
     width = len(lines[0].split("  note")[0])          # fixed width: every row's columns end where the header's do
     for line, r in zip(body, results["rows"]):
         assert line.startswith(compare.LABELS[r["experiment"]]) and f" {r['cell'].upper()} " in line
-        assert line[:width].endswith(f"{r['num_parameters']:>9}{r['seconds_per_epoch']:>11.4f}"), line
+        assert line[:width].endswith(f"{r['num_parameters']:>9}{r['seconds_per_epoch']:>11.4f}"
+                                     f"{r['cpu_seconds_per_epoch']:>15.4f}"), line
         assert line[width:width + 2] == "  ", line
 
 

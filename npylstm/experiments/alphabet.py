@@ -178,6 +178,7 @@ def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True, c
     row = {"experiment": name, "description": DESCRIPTIONS[name], "cell": cell, "hidden": s["hidden"],
            "batch_size": s["batch_size"], "epochs": s["epochs"], "lr": s["lr"], "final_loss": hist["loss"][-1],
            "seconds": s["seconds"], "epoch_seconds": hist["epoch_seconds"],
+           "epoch_cpu_seconds": hist["epoch_cpu_seconds"],
            "num_parameters": int(model.num_parameters()), "tutorial": TUTORIAL[name]}
     if name == "stateful":
         runner = stateful_runner(model)

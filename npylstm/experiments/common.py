@@ -160,8 +160,10 @@ def train(model, x, y, *, epochs, batch_size, rng, shuffle=True, mask=None, prog
     The shuffling is ours (rng.permutation, rows permuted identically in x, y and mask) and fit is
     called with shuffle=False, so the same seed gives the same run whatever the toolkit's own RNG does.
     A stateful model is never shuffled: fit resets its state at the start of each epoch and walks the
-    batches in order. Returns the per-epoch training losses (and accuracies for cross-entropy) and
-    "epoch_seconds", the wall time of each epoch's fit call (perf_counter).
+    batches in order. Returns the per-epoch training losses (and accuracies for cross-entropy),
+    "epoch_seconds", the wall time of each epoch's fit call (perf_counter), and "epoch_cpu_seconds",
+    the CPU time this process spent in it (process_time: on a loaded machine it moves less than the
+    wall time, since waiting for a core is not counted).
     """
     history = {}
     bar = progress_range(epochs, desc, progress)
@@ -172,9 +174,10 @@ def train(model, x, y, *, epochs, batch_size, rng, shuffle=True, mask=None, prog
                 xe, ye, me = x[perm], y[perm], (None if mask is None else mask[perm])
             else:
                 xe, ye, me = x, y, mask
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             h = model.fit(xe, ye, epochs=1, batch_size=batch_size, shuffle=False, mask=me, progress=False)
             history.setdefault("epoch_seconds", []).append(time.perf_counter() - t0)
+            history.setdefault("epoch_cpu_seconds", []).append(time.process_time() - c0)
             for k, v in h.items():
                 history.setdefault(k, []).append(float(v[-1]))
             if hasattr(bar, "set_postfix"):

@@ -176,6 +176,7 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, ce
         "final_train_loss": {"stateless": hist_a["loss"][-1], "stateful": hist_b["loss"][-1]},
         "history": {"stateless": hist_a["loss"], "stateful": hist_b["loss"]},
         "epoch_seconds": {"stateless": hist_a["epoch_seconds"], "stateful": hist_b["epoch_seconds"]},
+        "epoch_cpu_seconds": {"stateless": hist_a["epoch_cpu_seconds"], "stateful": hist_b["epoch_cpu_seconds"]},
         "num_parameters": {"stateless": int(stateless.num_parameters()), "stateful": int(stateful.num_parameters())},
         "seconds": timings,
     }
