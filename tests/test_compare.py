@@ -1,5 +1,6 @@
 """`npylstm compare --quick`: runs both cells through the three experiments, prints the table, writes
-its JSON; the parameter counts are the formulas' (counted here from the sizes, not from the model)."""
+its JSON; the parameter counts are the formulas' (counted here from the sizes, not from the model);
+the timing pass alternates the cells."""
 
 import json
 
@@ -41,14 +42,14 @@ def test_compare_quick_writes_json_with_every_row(compare_run):
     K = alphabet.K
     assert rows[("alphabet_stateful", "lstm")]["num_parameters"] == lstm_params(1, H_alpha) + head_params(H_alpha, K)
     assert rows[("alphabet_stateful", "gru")]["num_parameters"] == gru_params(1, H_alpha) + head_params(H_alpha, K)
+    repeats = compare.REPEATS["quick"]
     for (experiment, cell), r in rows.items():
         expected_epochs = {"sine_stateless": sine.SETTINGS["quick"]["epochs"],
                            "sine_stateful": sine.SETTINGS["quick"]["stateful_epochs"],
                            "alphabet_stateful": alphabet.SETTINGS["stateful"]["epochs"][1]}[experiment]
-        assert r["epochs"] == len(r["epoch_seconds"]) == expected_epochs, (experiment, cell)
-        for k in ("epoch_seconds", "epoch_cpu_seconds"):
-            median = r[k.replace("epoch_", "") + "_per_epoch"]
-            assert len(r[k]) == r["epochs"] and median > 0 and min(r[k]) <= median <= max(r[k]), (experiment, cell, k)
+        assert r["epochs"] == len(r["train_epoch_seconds"]) == expected_epochs, (experiment, cell)
+        for k, median in (("timed_epoch_seconds", "seconds_per_epoch"), ("timed_epoch_cpu_seconds", "cpu_seconds_per_epoch")):
+            assert len(r[k]) == repeats and 0 < min(r[k]) <= r[median] <= max(r[k]), (experiment, cell, k)
     for cell in compare.CELLS:   # what the experiments' own tests assert, seen through compare
         assert rows[("alphabet_stateful", cell)]["value"] == 1.0
         assert rows[("alphabet_stateful", cell)]["recites_alphabet"]
@@ -76,3 +77,20 @@ def test_compare_refuses_bad_epochs(tmp_path, capsys):
     assert code == common.EXIT_USAGE
     assert "--epochs must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "compare.json").exists()
+
+
+def test_time_epochs_alternates_the_cells():
+    """Round k runs the cells in order, round k+1 in reverse: neither always runs first."""
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def fit(self, *args, **kwargs):
+            calls.append(self.name)
+
+    fits = {c: (Fake(c), None, None, 1) for c in compare.CELLS}
+    times = compare.time_epochs(fits, 4)
+    assert calls == ["lstm", "gru", "gru", "lstm", "lstm", "gru", "gru", "lstm"]
+    assert all(len(times[c][0]) == len(times[c][1]) == 4 for c in compare.CELLS)

@@ -172,9 +172,14 @@ def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=Tru
 
 
 @common.one_blas_thread()
-def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True, cell="lstm"):
-    """Train and score one experiment with a `cell` layer; returns its row of results."""
+def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True, cell="lstm", keep=None):
+    """Train and score one experiment with a `cell` layer; returns its row of results.
+
+    keep : a dict, or None; a dict receives "fit": (model, x, one-hot y, batch size), the trained model
+    and what one more epoch of it would be fed (compare times epochs with it)."""
     model, x, labels, mask, hist, s = train_model(name, seed, quick, epochs, device, progress, cell)
+    if keep is not None:
+        keep["fit"] = (model, x, npylstm.one_hot(labels, K), s["batch_size"])
     row = {"experiment": name, "description": DESCRIPTIONS[name], "cell": cell, "hidden": s["hidden"],
            "batch_size": s["batch_size"], "epochs": s["epochs"], "lr": s["lr"], "final_loss": hist["loss"][-1],
            "seconds": s["seconds"], "epoch_seconds": hist["epoch_seconds"],

@@ -6,33 +6,38 @@ Runs, with both cells, the same seed, data, sizes and settings:
     sine, stateful    streams, state carried, TBPTT (sine.py (b))        test MSE
     alphabet, stateful  one letter at a time, batch 1 (alphabet.py)      training accuracy; recites B..Z from A?
 
-and prints one fixed-width table: experiment, cell, score, parameter count, seconds per epoch (the
-median over the epochs of the wall time of each epoch's fit call, one BLAS thread) and CPU seconds per
-epoch (the same median of process_time), and writes compare.json (the rows, each epoch's seconds, the
-settings, versions).
+and prints one fixed-width table: experiment, cell, score, parameter count, seconds per epoch and CPU
+seconds per epoch, and writes compare.json (the rows, every epoch's times, the settings, versions).
+
+Timing, side by side. The scores come from each cell's full training run, one after the other. The
+seconds come from a separate timing pass over the trained models: for each experiment, REPEATS more
+epochs of each model, the two cells alternating epoch by epoch (LSTM GRU GRU LSTM ...), so that both
+see the same load on a shared machine; per epoch the wall time (perf_counter) and the CPU time of this
+process (process_time) of one `fit(..., epochs=1)` call, one BLAS thread; the table shows the
+medians. (Timed one cell after the other instead, the GRU/LSTM wall-time ratio of the same code moved
+from 1.1 to 2.6 between runs on the shared 2-core machine.) The training runs' own per-epoch times are
+in the JSON too ("train_epoch_seconds").
 
 Parameter counts, for input size D, hidden size H and a Linear head H -> K:
     LSTM  4H(D + H) + 4H    one bias b (4H,)
     GRU   3H(D + H) + 6H    two biases b_x, b_h (3H,) each -- PyTorch's layout, reset_after=True
     head  HK + K
-so the GRU has about 3/4 of the LSTM's recurrent parameters and does 3/4 of its matrix products.
-
-The cells run one after the other in one process (LSTM, then GRU, per experiment), so a change of load
-between the two runs moves the wall-time ratio (seen: 1.1 to 2.6 for the same code on the shared
-2-core machine); the CPU-time ratio, which does not count time spent waiting for a core, is the one
-printed under the table. At these sizes (N <= 32, H <= 50) a step costs about as much in NumPy call
-overhead as in arithmetic, so the GRU's 3/4 of the products does not make it faster.
+The GRU has about 3/4 of the LSTM's recurrent parameters and products; at these sizes (N <= 32,
+H <= 50) a step costs about as much in NumPy call overhead as in arithmetic, and the GRU makes more,
+smaller calls per step, so it is not 3/4 of the time.
 """
 
 import os
 import platform
 import statistics
+import time
 
 import numpy as np
 
 from . import alphabet, common, sine
 
 CELLS = ("lstm", "gru")
+REPEATS = {"full": 20, "quick": 3}   # timed epochs per cell and experiment, the cells alternating
 EXPERIMENTS = ("sine_stateless", "sine_stateful", "alphabet_stateful")
 LABELS = {"sine_stateless": "sine, stateless windows", "sine_stateful": "sine, stateful streams",
           "alphabet_stateful": "alphabet, stateful"}
@@ -48,43 +53,67 @@ def run(args):
     return common.guarded("compare", _run, args)
 
 
-def median_epoch(seconds):
+def median(seconds):
     return float(statistics.median(seconds))
 
 
 @common.one_blas_thread()
 def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
-    """Both cells through the three experiments; returns the results dict (rows in table order)."""
+    """Both cells through the three experiments, then the timing pass; returns the results dict."""
     for cell in CELLS:
         common.require_cell(cell, device)
-    found = {}
+    found, fits = {}, {}
     for cell in CELLS:
-        res, _ = sine.experiment(seed=seed, quick=quick, epochs=epochs, device=device, progress=progress, cell=cell)
-        mse, secs, cpu, params = res["test_mse"], res["epoch_seconds"], res["epoch_cpu_seconds"], res["num_parameters"]
+        res, arrays = sine.experiment(seed=seed, quick=quick, epochs=epochs, device=device, progress=progress,
+                                      cell=cell)
+        mse = res["test_mse"]
         for kind in ("stateless", "stateful"):
             found[(f"sine_{kind}", cell)] = {
-                "metric": "test MSE", "value": mse[kind], "num_parameters": params[kind],
-                "seconds_per_epoch": median_epoch(secs[kind]), "cpu_seconds_per_epoch": median_epoch(cpu[kind]),
-                "epochs": len(secs[kind]), "epoch_seconds": secs[kind], "epoch_cpu_seconds": cpu[kind],
+                "metric": "test MSE", "value": mse[kind], "num_parameters": res["num_parameters"][kind],
+                "epochs": len(res["epoch_seconds"][kind]), "train_epoch_seconds": res["epoch_seconds"][kind],
                 "beats_last_value": mse[kind] < mse["last_value"],
                 "last_value_mse": mse["last_value"], "noise_floor": mse["noise_floor"]}
+            fits[(f"sine_{kind}", cell)] = arrays["fits"][kind]
     for cell in CELLS:
+        keep = {}
         r = alphabet.run_one("stateful", seed, quick=quick, epochs=epochs, device=device, progress=progress,
-                             cell=cell)
+                             cell=cell, keep=keep)
         found[("alphabet_stateful", cell)] = {
             "metric": "accuracy", "value": r["accuracy"], "num_parameters": r["num_parameters"],
-            "seconds_per_epoch": median_epoch(r["epoch_seconds"]),
-            "cpu_seconds_per_epoch": median_epoch(r["epoch_cpu_seconds"]), "epochs": r["epochs"],
-            "epoch_seconds": r["epoch_seconds"], "epoch_cpu_seconds": r["epoch_cpu_seconds"],
-            "recital_from_A": r["recital_from_A"],
-            "recites_alphabet": r["recites_alphabet"]}
+            "epochs": r["epochs"], "train_epoch_seconds": r["epoch_seconds"],
+            "recital_from_A": r["recital_from_A"], "recites_alphabet": r["recites_alphabet"]}
+        fits[("alphabet_stateful", cell)] = keep["fit"]
+    repeats = REPEATS["quick" if quick else "full"]
+    for e in EXPERIMENTS:
+        times = time_epochs({c: fits[(e, c)] for c in CELLS}, repeats)
+        for c in CELLS:
+            wall, cpu = times[c]
+            found[(e, c)].update(seconds_per_epoch=median(wall), cpu_seconds_per_epoch=median(cpu),
+                                 timed_epoch_seconds=wall, timed_epoch_cpu_seconds=cpu)
     rows = [{"experiment": e, "cell": c, **found[(e, c)]} for e in EXPERIMENTS for c in CELLS]
     return {"command": "compare",
-            "config": {"seed": seed, "quick": quick, "device": device, "epochs": epochs,
+            "config": {"seed": seed, "quick": quick, "device": device, "epochs": epochs, "timed_epochs": repeats,
                        "sine": sine.settings(quick, epochs), "alphabet_stateful": alphabet.SETTINGS["stateful"]},
             "machine": {"python": platform.python_version(), "numpy": np.__version__,
                         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
             "rows": rows}
+
+
+def time_epochs(fits, repeats):
+    """{cell: (wall seconds, CPU seconds) per epoch}: `repeats` more epochs of each trained model, the cells
+    alternating and the order flipping every round (A B, B A, ...) so neither always runs first.
+
+    fits : {cell: (model, x, y, batch_size)}; training continues (the weights change, the cost does not)."""
+    cells = list(fits)
+    out = {c: ([], []) for c in cells}
+    for k in range(repeats):
+        for c in (cells if k % 2 == 0 else cells[::-1]):
+            model, x, y, bs = fits[c]
+            t0, c0 = time.perf_counter(), time.process_time()
+            model.fit(x, y, epochs=1, batch_size=bs, shuffle=False, progress=False)
+            out[c][0].append(time.perf_counter() - t0)
+            out[c][1].append(time.process_time() - c0)
+    return out
 
 
 def table(results):
@@ -105,8 +134,8 @@ def table(results):
     lines.append("GRU / LSTM per epoch, cpu (wall): " + "; ".join(
         f"{LABELS[e]} {ratio(e, 'cpu_seconds_per_epoch'):.2f} ({ratio(e, 'seconds_per_epoch'):.2f})"
         for e in EXPERIMENTS))
-    lines.append(f"per epoch: median over epochs of each epoch's wall / CPU time; sine noise floor "
-                 f"σ² = {sine.NOISE_FLOOR:.2f}")
+    lines.append(f"per epoch: median of {results['config']['timed_epochs']} epochs per cell, the cells alternating; "
+                 f"wall / CPU time; sine noise floor σ² = {sine.NOISE_FLOOR:.2f}")
     return "\n".join(lines)
 
 

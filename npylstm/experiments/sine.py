@@ -181,7 +181,10 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, ce
         "seconds": timings,
     }
     arrays = dict(t=t, clean=clean, series=series, n_train=n_train, pred_a=pred_a, pred_b=pred_b,
-                  free_a=free_a, free_b=free_b)
+                  free_a=free_a, free_b=free_b,
+                  # the trained models and what one more epoch of each would be fed (for compare's timing)
+                  fits={"stateless": (stateless, X_train, y_train, s["batch_size"]),
+                        "stateful": (stateful, streams.x, streams.y, s["streams"])})
     return results, arrays
 
 
