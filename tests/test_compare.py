@@ -48,7 +48,8 @@ def test_compare_quick_writes_json_with_every_row(compare_run):
                            "sine_stateful": sine.SETTINGS["quick"]["stateful_epochs"],
                            "alphabet_stateful": alphabet.SETTINGS["stateful"]["epochs"][1]}[experiment]
         assert r["epochs"] == len(r["train_epoch_seconds"]) == expected_epochs, (experiment, cell)
-        for k, median in (("timed_epoch_seconds", "seconds_per_epoch"), ("timed_epoch_cpu_seconds", "cpu_seconds_per_epoch")):
+        for k, median in (("timed_epoch_seconds", "seconds_per_epoch"),
+                          ("timed_epoch_cpu_seconds", "cpu_seconds_per_epoch")):
             assert len(r[k]) == repeats and 0 < min(r[k]) <= r[median] <= max(r[k]), (experiment, cell, k)
     for cell in compare.CELLS:   # what the experiments' own tests assert, seen through compare
         assert rows[("alphabet_stateful", cell)]["value"] == 1.0

@@ -214,7 +214,9 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, on
 
 
 def table(results):
-    lines = [f"cell: {results['config'].get('cell', 'lstm').upper()}; input: one feature per letter, its index / 26 (the tutorial's encoding); accuracy on the training set",
+    cell = results["config"].get("cell", "lstm").upper()
+    lines = [f"cell: {cell}; input: one feature per letter, its index / 26 (the tutorial's encoding); "
+             f"accuracy on the training set",
              f"{'experiment':<40}{'accuracy':>9}  {'tutorial reported':<30}{'epochs':>7}{'time':>8}"]
     for r in results["experiments"]:
         lines.append(f"{r['description']:<40}{100 * r['accuracy']:>8.2f}%  {r['tutorial']:<30}{r['epochs']:>7}"

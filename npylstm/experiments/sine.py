@@ -164,8 +164,8 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, ce
 
     results = {
         "command": "sine",
-        "config": dict(seed=seed, quick=quick, device=device, cell=cell, points=S, span="20*pi", sigma=SIGMA, window=WINDOW,
-                       test_fraction=TEST_FRACTION, train_points=n_train, test_points=S - n_train,
+        "config": dict(seed=seed, quick=quick, device=device, cell=cell, points=S, span="20*pi", sigma=SIGMA,
+                       window=WINDOW, test_fraction=TEST_FRACTION, train_points=n_train, test_points=S - n_train,
                        stream_points_dropped=int(streams.dropped), **s),
         "test_mse": {"stateless": mse(pred_a, y_test), "stateful": mse(pred_b, y_test),
                      "last_value": mse(pred_c, y_test), "noise_floor": NOISE_FLOOR,
@@ -211,7 +211,8 @@ def figure(arrays, results, path):
     ax1.plot(t[n:], clean[n:], "-", color="0.2", lw=0.8, label="sin(t)")
     ax1.plot(t[n:], arrays["pred_a"], "-", color="tab:blue", lw=1.3, label=f"stateless, MSE {m['stateless']:.4f}")
     ax1.plot(t[n:], arrays["pred_b"], "-", color="tab:orange", lw=1.3, label=f"stateful, MSE {m['stateful']:.4f}")
-    ax1.set_title(f"{results['config'].get('cell', 'lstm').upper()}: one-step predictions on the test part (last value MSE {m['last_value']:.4f}; noise floor "
+    cell = results["config"].get("cell", "lstm").upper()
+    ax1.set_title(f"{cell}: one-step predictions on the test part (last value MSE {m['last_value']:.4f}; noise floor "
                   f"σ² = {NOISE_FLOOR:.2f}, on this sample {m['clean_signal']:.4f})")
     ax1.set_xlabel("t")
     ax1.legend(loc="upper right", fontsize=8, ncol=2)
