@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from npylstm import GRU, LSTM, SGD, Adam, Linear, Sequential, cross_entropy_loss, load, mse_loss, stream_batches
 from npylstm import cli
 from npylstm.checkpoint import _digest
-from npylstm.experiments import alphabet, common
+from npylstm.experiments import alphabet, common, gate_activations
 
 FD_EPS = 1e-6      # central-difference step: truncation O(eps²) ≈ 1e-12, rounding ≈ 1e-16 / eps ≈ 1e-10
 FD_RTOL = 1e-6     # relative error per tensor, hand-written BPTT vs central differences, float64
@@ -377,6 +377,12 @@ def test_alphabet_cli_with_gru_writes_its_own_files(tmp_path, capsys):
     assert results["config"]["cell"] == "gru" and results["experiments"][0]["cell"] == "gru"
     assert len(results["experiments"][0]["epoch_seconds"]) == 3
     assert not (tmp_path / "alphabet.json").exists()       # the LSTM's files are not overwritten
+
+
+def test_gate_recorder_refuses_a_stack_with_a_gru():
+    model = Sequential([GRU(2, 3, seed=0), LSTM(3, 3, seed=1)])
+    with pytest.raises(ValueError, match="^gate_activations: the Sequential holds GRU layers"):
+        gate_activations(model, np.zeros((4, 2), np.float32))
 
 
 def test_gru_on_cuda_without_a_gru_backend_is_a_clear_error(monkeypatch):
