@@ -6,8 +6,12 @@ Entries (read back with allow_pickle=False):
                         locked batch size, loss, clip_norm, optimizer hyperparameters and step count
     param/<name>        every parameter, named as Sequential.params names it ('0.W_x_l0', '2.W', ...)
     optim/<buf>/<name>  the optimizer's buffers (Adam: m, v; SGD: velocity)
-    state/<j>/h, c      the carried state of LSTM layer j, only with include_state=True
+    state/<j>/<name>    the carried state of recurrent layer j, one entry per tensor of its
+                        state_names (LSTM: h, c; GRU: h), only with include_state=True
     digest              SHA-256 over all of the above (names, dtypes, shapes, bytes)
+
+A layer's config records its cell type ("LSTM" / "GRU") and what its parameters do not show (an
+LSTM's forget_bias, a GRU's reset_after); a GRU layer is rebuilt as a GRU, a mixed stack as mixed.
 
 The shuffling order of fit is drawn from (seed, epoch), and both are saved, so a resumed run ends
 with exactly the weights of the uninterrupted one.
@@ -27,6 +31,7 @@ import numpy as np
 
 from .checks import check_positive_int
 from .layers import Linear
+from .gru import GRU
 from .lstm import LSTM
 from .model import Sequential
 from .optim import SGD, Adam
@@ -58,8 +63,9 @@ def save(model, path, include_state=False):
         states = model.states
         if states is not None:
             config["has_state"] = True
-            for j, (h, c) in enumerate(states):
-                arrays[f"state/{j}/h"], arrays[f"state/{j}/c"] = _host(h), _host(c)
+            for j, (layer, st) in enumerate(zip(model.rnns, states)):
+                for name, a in zip(layer.state_names, layer._unpack(where, "state", st, layer.state_names)):
+                    arrays[f"state/{j}/{name}"] = _host(a)
     arrays["config"] = np.array(json.dumps(config))
     arrays["digest"] = np.array(_digest(arrays))
     _atomic_savez(path, arrays)
@@ -173,11 +179,12 @@ def load(path):
 
     if config.get("has_state"):
         states = []
-        for j, layer in enumerate(model.lstms):
+        for j, layer in enumerate(model.rnns):
             try:
-                states.append((arrays[f"state/{j}/h"], arrays[f"state/{j}/c"]))
+                st = tuple(arrays[f"state/{j}/{name}"] for name in layer.state_names)
             except KeyError as e:
                 raise ValueError(f"{where}: {path!r} says it holds the carried state but lacks {e}") from None
+            states.append(st[0] if len(st) == 1 else st)
         try:
             model.states = states
         except ValueError as e:
@@ -192,6 +199,12 @@ def _model_from_config(config):
             layers.append(LSTM(spec["input_size"], spec["hidden_size"], num_layers=spec["num_layers"],
                                batch_first=spec["batch_first"], dtype=spec["dtype"],
                                forget_bias=spec["forget_bias"], seed=0))
+        elif spec["type"] == "GRU":
+            if not isinstance(spec["reset_after"], bool):
+                raise ValueError(f"a GRU layer's reset_after must be true or false, got {spec['reset_after']!r}")
+            layers.append(GRU(spec["input_size"], spec["hidden_size"], num_layers=spec["num_layers"],
+                              batch_first=spec["batch_first"], dtype=spec["dtype"],
+                              reset_after=spec["reset_after"], seed=0))
         elif spec["type"] == "Linear":
             layers.append(Linear(spec["in_features"], spec["out_features"], dtype=spec["dtype"], seed=0))
         else:

@@ -1,9 +1,14 @@
-"""`Sequential`: stacked LSTM layers and an optional Linear head, trained Keras-style; checkpoints.
+"""`Sequential`: stacked recurrent layers (LSTM, GRU, mixed) and an optional Linear head, trained
+Keras-style; checkpoints.
 
-    x (N, T, D) ─► LSTM ─► … ─► LSTM ─► [last step, or every step] ─► Linear ─► loss
+    x (N, T, D) ─► RNN ─► … ─► RNN ─► [last step, or every step] ─► Linear ─► loss
                  ◄──────────────── backward, in reverse ◄──────────────────────┘ ─► optimizer
 
 Data is batch-first, as in Keras: x (N, T, D); outputs (N, out), or (N, T, out) with return_sequences.
+
+A recurrent layer is any npylstm.recurrent.Recurrent (LSTM, GRU): the model never names a state
+tensor, it passes each layer's state in the layer's own form (LSTM: (h, c); GRU: h; see
+Recurrent.state_names), so one loop serves both cells and any mix of them.
 
 Stateful contract (Keras `stateful=True`, PyTorch's detached (h_n, c_n) fed back):
 * row i of batch k+1 continues row i of batch k, so the batch size is locked by the first call and a
@@ -25,20 +30,23 @@ import numpy as np
 from .checks import as_float_array, check_positive_int
 from .layers import Linear
 from .losses import accuracy, class_targets, cross_entropy_loss, mse_loss
+from .gru import GRU
 from .lstm import LSTM
+from .recurrent import Recurrent
 from .optim import Adam, clip_grad_norm
 
 LOSSES = {"mse": mse_loss, "cross_entropy": cross_entropy_loss}
 
 
 class Sequential:
-    """Stacked LSTM layers (each its own hidden size), optionally followed by one Linear head.
+    """Stacked recurrent layers (LSTM or GRU, each its own hidden size), optionally followed by one
+    Linear head.
 
-    layers           : [LSTM, ..., LSTM] or [LSTM, ..., LSTM, Linear]; any batch_first setting (the
-                       model feeds each layer its layout).
+    layers           : [RNN, ..., RNN] or [RNN, ..., RNN, Linear], each RNN an LSTM or a GRU (mixing
+                       allowed); any batch_first setting (the model feeds each layer its layout).
     return_sequences : False -- the last step's output (N, H) goes to the head: out[:, -1, :] -> Linear;
                        True  -- every step's (N, T, H), the head applied at every step.
-    stateful         : make every LSTM layer stateful (a model is also stateful if any layer passed is).
+    stateful         : make every recurrent layer stateful (a model is also stateful if any layer passed is).
     seed             : seeds the shuffling of fit (the order of epoch e is drawn from (seed, e), so a
                        resumed run shuffles as the uninterrupted one); None draws one.
     """
@@ -46,38 +54,39 @@ class Sequential:
     def __init__(self, layers, *, return_sequences=False, stateful=False, seed=None):
         where = "Sequential"
         if not isinstance(layers, (list, tuple)) or not layers:
-            raise ValueError(f"{where}: layers must be a non-empty list of LSTM layers and an optional Linear head")
+            raise ValueError(f"{where}: layers must be a non-empty list of LSTM/GRU layers and an optional Linear head")
         layers = list(layers)
         for i, layer in enumerate(layers):
-            if not isinstance(layer, (LSTM, Linear)):
-                raise ValueError(f"{where}: layers[{i}] is a {type(layer).__name__}, expected LSTM or Linear")
+            if not isinstance(layer, (Recurrent, Linear)):
+                raise ValueError(f"{where}: layers[{i}] is a {type(layer).__name__}, expected LSTM, GRU or Linear")
             if isinstance(layer, Linear) and i != len(layers) - 1:
                 raise ValueError(f"{where}: layers[{i}] is a Linear: only the last layer may be the Linear head")
-        if not isinstance(layers[0], LSTM):
-            raise ValueError(f"{where}: layers[0] must be an LSTM, got {type(layers[0]).__name__}")
+        if not isinstance(layers[0], Recurrent):
+            raise ValueError(f"{where}: layers[0] must be an LSTM or a GRU, got {type(layers[0]).__name__}")
         dtypes = {np.dtype(layer.dtype) for layer in layers}
         if len(dtypes) != 1:
             raise ValueError(f"{where}: all layers must share one dtype, got {sorted(d.name for d in dtypes)}")
         size = layers[0].input_size
         for i, layer in enumerate(layers):
-            n_in = layer.input_size if isinstance(layer, LSTM) else layer.in_features
+            n_in = layer.input_size if isinstance(layer, Recurrent) else layer.in_features
             if n_in != size:
                 raise ValueError(f"{where}: layers[{i}] takes {n_in} features, but the layer before gives {size}")
-            size = layer.hidden_size if isinstance(layer, LSTM) else layer.out_features
+            size = layer.hidden_size if isinstance(layer, Recurrent) else layer.out_features
         if seed is None:
             seed = int(np.random.default_rng().integers(2**63))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
-        locked = {layer._batch_size for layer in layers if isinstance(layer, LSTM) and layer._batch_size is not None}
+        locked = {layer._batch_size for layer in layers
+                  if isinstance(layer, Recurrent) and layer._batch_size is not None}
         if len(locked) > 1:
             raise ValueError(f"{where}: the stateful layers passed are locked to different batch sizes {sorted(locked)}")
 
         self.layers = layers
-        self.lstms = [layer for layer in layers if isinstance(layer, LSTM)]
+        self.rnns = [layer for layer in layers if isinstance(layer, Recurrent)]   # LSTM and GRU layers, bottom up
         self.head = layers[-1] if isinstance(layers[-1], Linear) else None
         self.return_sequences = bool(return_sequences)
-        self.stateful = bool(stateful) or any(layer.stateful for layer in self.lstms)
-        for layer in self.lstms:
+        self.stateful = bool(stateful) or any(layer.stateful for layer in self.rnns)
+        for layer in self.rnns:
             layer.stateful = self.stateful
         self.seed = int(seed)
         self.dtype = dtypes.pop()
@@ -114,33 +123,40 @@ class Sequential:
         return self._batch_size
 
     @property
+    def lstms(self):
+        """The recurrent layers, bottom up (the name predates the GRU; `rnns` is the same list)."""
+        return self.rnns
+
+    @property
     def states(self):
-        """Stateful mode: the carried state, one (h, c) per LSTM layer, each (L, N, H) (copies), or None."""
-        if not self.stateful or any(layer.state is None for layer in self.lstms):
+        """Stateful mode: the carried state, one entry per recurrent layer in that layer's own form --
+        (h, c) for an LSTM, h for a GRU -- each tensor (L, N, H) (copies); or None."""
+        if not self.stateful or any(layer.state is None for layer in self.rnns):
             return None
-        return [(h.copy(), c.copy()) for h, c in (layer.state for layer in self.lstms)]
+        return [_copy_state(layer.state) for layer in self.rnns]
 
     @states.setter
     def states(self, value):
-        """Set the carried state of every LSTM layer ([(h, c), ...] as `states` gives it) or clear it (None)."""
+        """Set the carried state of every recurrent layer ([(h, c), h, ...] as `states` gives it) or clear it (None)."""
         where = "Sequential.states"
         if value is None:
             self.reset_states()
             return
         if not self.stateful:
             raise ValueError(f"{where}: only a stateful model carries a state")
-        if not isinstance(value, (list, tuple)) or len(value) != len(self.lstms):
-            raise ValueError(f"{where}: expected one (h, c) per LSTM layer ({len(self.lstms)})")
-        backup = [layer.state for layer in self.lstms], self._batch_size
+        if not isinstance(value, (list, tuple)) or len(value) != len(self.rnns):
+            forms = ", ".join("(h, c)" if len(layer.state_names) == 2 else "h" for layer in self.rnns)
+            raise ValueError(f"{where}: expected one state per recurrent layer ({len(self.rnns)}): [{forms}]")
+        backup = [layer._state for layer in self.rnns], [layer._batch_size for layer in self.rnns], self._batch_size
         try:
-            for layer, hc in zip(self.lstms, value):
-                layer.state = hc
-            sizes = {layer.state[0].shape[1] for layer in self.lstms}
+            for layer, st in zip(self.rnns, value):
+                layer.state = st
+            sizes = {layer._state[0].shape[1] for layer in self.rnns}
             if len(sizes) != 1:
                 raise ValueError(f"{where}: the layers' states have different batch sizes {sorted(sizes)}")
         except ValueError:
-            for layer, st in zip(self.lstms, backup[0]):
-                layer._state, layer._batch_size = st, backup[1]
+            for layer, st, bs in zip(self.rnns, backup[0], backup[1]):
+                layer._state, layer._batch_size = st, bs
             raise
         self._batch_size = sizes.pop()
 
@@ -165,7 +181,7 @@ class Sequential:
                                  f"one flag per row of the locked batch")
         if not self.stateful:
             return
-        for layer in self.lstms:
+        for layer in self.rnns:
             layer.reset_states(rows, batch_size=batch_size)
         if batch_size is not None:
             self._batch_size = batch_size
@@ -281,10 +297,11 @@ class Sequential:
         return self._forward(x, mask)[0]
 
     def _forward(self, x, mask, states=None):
-        """Trusted inputs. states: None (zeros, or the carried state when stateful) or one (h, c) per LSTM."""
+        """Trusted inputs. states: None (zeros, or the carried state when stateful) or one state per
+        recurrent layer in its own form ((h, c) for an LSTM, h for a GRU)."""
         N, T, _ = x.shape
         final = []
-        for j, layer in enumerate(self.lstms):
+        for j, layer in enumerate(self.rnns):
             xin = x if layer.batch_first else x.swapaxes(0, 1)               # the layer's layout
             m = None if mask is None else (mask if layer.batch_first else mask.T)
             y, hc = layer.forward(xin, None if states is None else states[j], m)
@@ -319,7 +336,7 @@ class Sequential:
             full = np.zeros((N, T, dY.shape[-1]), self.dtype)
             full[:, -1, :] = dY
             dY = full
-        for layer in reversed(self.lstms):
+        for layer in reversed(self.rnns):
             dx, _ = layer.backward(dY if layer.batch_first else dY.swapaxes(0, 1))
             dY = dx if layer.batch_first else dx.swapaxes(0, 1)
         return np.ascontiguousarray(dY)
@@ -473,7 +490,7 @@ class Sequential:
         if self.stateful and self._batch_size not in (None, 1):
             raise ValueError(f"{where}: the model is stateful with batch size {self._batch_size}; generate runs one "
                              f"sequence: call reset_states(batch_size=1) first (or copy the weights to a stateless model)")
-        carry = not self.stateful           # stateless: carry (h, c) from call to call here
+        carry = not self.stateful           # stateless: carry the states from call to call here
         out, states = self._forward(np.ascontiguousarray(seed[None]), None)
         preds = np.empty((steps, self.input_size), self.dtype)
         for k in range(steps):
@@ -495,10 +512,15 @@ class Sequential:
         """The architecture and training settings, JSON-ready."""
         layers = []
         for layer in self.layers:
-            if isinstance(layer, LSTM):
-                layers.append({"type": "LSTM", "input_size": layer.input_size, "hidden_size": layer.hidden_size,
-                               "num_layers": layer.num_layers, "batch_first": layer.batch_first,
-                               "dtype": layer.dtype.name, "forget_bias": layer.forget_bias})
+            if isinstance(layer, Recurrent):
+                spec = {"type": layer.name, "input_size": layer.input_size, "hidden_size": layer.hidden_size,
+                        "num_layers": layer.num_layers, "batch_first": layer.batch_first,
+                        "dtype": layer.dtype.name}
+                if isinstance(layer, LSTM):
+                    spec["forget_bias"] = layer.forget_bias
+                elif isinstance(layer, GRU):
+                    spec["reset_after"] = layer.reset_after
+                layers.append(spec)
             else:
                 layers.append({"type": "Linear", "in_features": layer.in_features,
                                "out_features": layer.out_features, "dtype": layer.dtype.name})
@@ -513,6 +535,11 @@ class Sequential:
         """
         from .checkpoint import save
         save(self, path, include_state)
+
+
+def _copy_state(state):
+    """A copy of one layer's state in its public form: a tuple of tensors (LSTM) or one tensor (GRU)."""
+    return tuple(s.copy() for s in state) if isinstance(state, tuple) else state.copy()
 
 
 # ---------------------------------------------------------------------- progress

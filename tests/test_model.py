@@ -281,7 +281,7 @@ def test_history_has_validation_and_accuracy_keys():
     (lambda: Sequential([LSTM(2, 3), Linear(3, 2), LSTM(2, 2)]), "only the last layer"),
     (lambda: Sequential([LSTM(2, 3), LSTM(4, 2)]), "takes 4 features, but the layer before gives 3"),
     (lambda: Sequential([LSTM(2, 3), Linear(3, 1, dtype=np.float64)]), "one dtype"),
-    (lambda: Sequential([LSTM(2, 3), "relu"]), "expected LSTM or Linear"),
+    (lambda: Sequential([LSTM(2, 3), "relu"]), "expected LSTM, GRU or Linear"),
     (lambda: Sequential([LSTM(2, 3)]).compile(loss="mae"), "loss must be one of"),
     (lambda: Sequential([LSTM(2, 3)]).compile(clip_norm=0), "clip_norm"),
     (lambda: Sequential([LSTM(2, 3)]).fit(np.ones((2, 2, 2)), np.ones((2, 3))), "call compile"),

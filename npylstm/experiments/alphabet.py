@@ -15,6 +15,8 @@ Accuracy is training accuracy, as the tutorial reports it.
 | stateful        | one letter at a time, A..Y in order        | stateful LSTM(50), batch 1, reset each epoch |
 | variable_length | 1..5 letters, pre-padded to 5, + mask      | LSTM(32), batch 32, shuffled              |
 
+--cell gru swaps the LSTM for a GRU of the same hidden size (same data, seeds and settings).
+
 Two notes a student should have:
 
 * one_batch: the rows of a batch are independent sequences (each starts from a zero state), in
@@ -30,7 +32,6 @@ import os
 import numpy as np
 
 import npylstm
-from npylstm.lstm import LSTM
 
 from . import common
 
@@ -77,6 +78,7 @@ def add_arguments(parser):
     parser.add_argument("--only", nargs="+", choices=list(SETTINGS), metavar="NAME",
                         help=f"run only these experiments: {', '.join(SETTINGS)}")
     parser.add_argument("--list", action="store_true", help="print the experiments and their settings, then exit")
+    common.add_cell_argument(parser)
 
 
 def run(args):
@@ -129,28 +131,27 @@ def accuracy(model, x, labels, mask=None):
 
 
 def stateful_runner(model):
-    """The trained stateful model's LSTM and head as a stateless batch-1 pair with explicit state,
-    so that one letter at a time with the state carried is exactly what the stateful model computes."""
-    lstm, head = model.layers
-    copy = LSTM(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, batch_first=True, dtype=lstm.dtype)
-    for k, v in lstm.params.items():
-        copy.params[k] = np.array(common.host(v), copy=True)
-    return copy, head
+    """The trained stateful model's recurrent layer (LSTM or GRU) and head as a stateless batch-1 pair
+    with explicit state, so that one letter at a time with the state carried is exactly what the
+    stateful model computes."""
+    rnn, head = model.layers
+    return common.host_copy(rnn), head
 
 
 def recite(runner, start, steps):
     """Seed with letter index `start` from a zero state; feed each prediction back. Returns the letters."""
-    lstm, head = runner
+    rnn, head = runner
     state, letter, out = None, start, []
     for _ in range(steps):
-        y, state = lstm.forward(encode([[[letter]]]), state)             # (1, 1, H)
+        y, state = rnn.forward(encode([[[letter]]]), state)              # (1, 1, H); GRU: state is h
         letter = int(head.forward(y[:, -1]).argmax(-1)[0])
         out.append(LETTERS[letter])
     return "".join(out)
 
 
-def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=True):
-    """Build and train experiment `name`'s model; returns (model, x, labels, mask, history, settings)."""
+def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=True, cell="lstm"):
+    """Build and train experiment `name`'s model with a `cell` ("lstm" / "gru") layer; returns
+    (model, x, labels, mask, history, settings)."""
     s = dict(SETTINGS[name])
     rng = np.random.default_rng([seed, list(SETTINGS).index(name)])
     x, labels, mask = dataset(name, rng)
@@ -158,29 +159,36 @@ def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=Tru
     s["epochs"] = epochs or s["epochs"][1 if quick else 0]
     stateful = name == "stateful"
     H, D = s["hidden"], x.shape[-1]
-    lstm = LSTM(D, H, batch_first=True, seed=int(rng.integers(2 ** 31)), **common.lstm_kwargs(device))
+    rnn = common.recurrent(cell, D, H, seed=int(rng.integers(2 ** 31)), device=device)
     head = npylstm.Linear(H, K, seed=int(rng.integers(2 ** 31)))
-    model = npylstm.Sequential([lstm, head], stateful=stateful, seed=seed)
+    model = npylstm.Sequential([rnn, head], stateful=stateful, seed=seed)
     model.compile(loss="cross_entropy", optimizer=npylstm.Adam(lr=s["lr"]))
     shuffle = name not in ("one_batch", "stateful")
     with common.Timer() as tm:
         hist = common.train(model, x, y, epochs=s["epochs"], batch_size=s["batch_size"], rng=rng, shuffle=shuffle,
-                            mask=mask, progress=progress, desc=f"alphabet {name}")
+                            mask=mask, progress=progress, desc=f"alphabet {name} {cell}")
     s["seconds"] = tm.seconds
     return model, x, labels, mask, hist, s
 
 
 @common.one_blas_thread()
-def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True):
-    """Train and score one experiment; returns its row of results."""
-    model, x, labels, mask, hist, s = train_model(name, seed, quick, epochs, device, progress)
-    row = {"experiment": name, "description": DESCRIPTIONS[name], "hidden": s["hidden"], "batch_size": s["batch_size"],
-           "epochs": s["epochs"], "lr": s["lr"], "final_loss": hist["loss"][-1], "seconds": s["seconds"],
-           "tutorial": TUTORIAL[name]}
+def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True, cell="lstm", keep=None):
+    """Train and score one experiment with a `cell` layer; returns its row of results.
+
+    keep : a dict, or None; a dict receives "fit": (model, x, one-hot y, batch size), the trained model
+    and what one more epoch of it would be fed (compare times epochs with it)."""
+    model, x, labels, mask, hist, s = train_model(name, seed, quick, epochs, device, progress, cell)
+    if keep is not None:
+        keep["fit"] = (model, x, npylstm.one_hot(labels, K), s["batch_size"])
+    row = {"experiment": name, "description": DESCRIPTIONS[name], "cell": cell, "hidden": s["hidden"],
+           "batch_size": s["batch_size"], "epochs": s["epochs"], "lr": s["lr"], "final_loss": hist["loss"][-1],
+           "seconds": s["seconds"], "epoch_seconds": hist["epoch_seconds"],
+           "epoch_cpu_seconds": hist["epoch_cpu_seconds"],
+           "num_parameters": int(model.num_parameters()), "tutorial": TUTORIAL[name]}
     if name == "stateful":
         runner = stateful_runner(model)
-        lstm, head = runner
-        seq, _ = lstm.forward(x[:, 0][None])                             # A..Y as one sequence: (1, 25, H)
+        rnn, head = runner
+        seq, _ = rnn.forward(x[:, 0][None])                              # A..Y as one sequence: (1, 25, H)
         row["accuracy"] = float(np.mean(head.forward(seq[0]).argmax(-1) == labels))
         # the same through the toolkit's own stateful path: in order, batch 1, state carried from a reset
         model.reset_states()
@@ -198,15 +206,17 @@ def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True):
     return row
 
 
-def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, only=None):
-    rows = [run_one(name, seed, quick, epochs, device, progress) for name in (only or SETTINGS)]
-    return {"command": "alphabet", "config": {"seed": seed, "quick": quick, "device": device,
+def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, only=None, cell="lstm"):
+    rows = [run_one(name, seed, quick, epochs, device, progress, cell) for name in (only or SETTINGS)]
+    return {"command": "alphabet", "config": {"seed": seed, "quick": quick, "device": device, "cell": cell,
                                               "encoding": "letter index / 26, one feature per letter"},
             "experiments": rows}
 
 
 def table(results):
-    lines = ["input: one feature per letter, its index / 26 (the tutorial's encoding); accuracy on the training set",
+    cell = results["config"].get("cell", "lstm").upper()
+    lines = [f"cell: {cell}; input: one feature per letter, its index / 26 (the tutorial's encoding); "
+             f"accuracy on the training set",
              f"{'experiment':<40}{'accuracy':>9}  {'tutorial reported':<30}{'epochs':>7}{'time':>8}"]
     for r in results["experiments"]:
         lines.append(f"{r['description']:<40}{100 * r['accuracy']:>8.2f}%  {r['tutorial']:<30}{r['epochs']:>7}"
@@ -240,7 +250,7 @@ def figure(results, path):
     ax.set_yticklabels([r["description"] for r in rows], fontsize=9)
     ax.set_xlim(0, 104)
     ax.set_xlabel("accuracy (%)")
-    title = f"learn the alphabet (seed {results['config']['seed']})"
+    title = f"learn the alphabet, {results['config'].get('cell', 'lstm').upper()} (seed {results['config']['seed']})"
     for r in rows:
         if r["experiment"] == "stateful":
             title += f"; stateful from A: {r['recital_from_A']}; cold K: {r['cold_K']}"
@@ -261,13 +271,15 @@ def _run(args):
         return 0
     common.positive_epochs(args.epochs)
     common.require_device(args.device)
+    common.require_cell(args.cell, args.device)
     out = common.out_dir(args)
     with common.Timer() as tm:
         results = experiment(seed=args.seed, quick=args.quick, epochs=args.epochs, device=args.device,
-                             progress=args.progress, only=args.only)
+                             progress=args.progress, only=args.only, cell=args.cell)
     results["seconds_total"] = tm.seconds
-    png = figure(results, os.path.join(out, "alphabet.png"))
-    js = common.write_json(os.path.join(out, "alphabet.json"), results)
+    stem = "alphabet" if args.cell == "lstm" else f"alphabet_{args.cell}"    # the LSTM keeps its file names
+    png = figure(results, os.path.join(out, f"{stem}.png"))
+    js = common.write_json(os.path.join(out, f"{stem}.json"), results)
     print(table(results))
     print(f"wrote {png} and {js} ({tm.seconds:.1f} s)")
     return 0

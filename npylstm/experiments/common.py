@@ -1,5 +1,6 @@
-"""What the seed experiments share: their flags, the device check, training with a progress bar,
-the results JSON, and matplotlib imported only when a figure is written.
+"""What the seed experiments share: their flags, the cell (LSTM or GRU) and device checks, training with
+a progress bar and per-epoch timing, the results JSON, and matplotlib imported only when a figure is
+written.
 
 Every command module has `add_arguments(parser)` and `run(args) -> int`; `run` goes through
 `guarded`, which turns the expected failures (no GPU, no matplotlib) into one line on stderr and
@@ -15,7 +16,11 @@ import time
 
 import numpy as np
 
+from npylstm.gru import GRU
+from npylstm.lstm import LSTM
+
 EXIT_USAGE = 2  # the status argparse uses for a bad command line; we use it for "cannot run as asked"
+CELLS = {"lstm": LSTM, "gru": GRU}   # --cell: the recurrent layer class the experiments build
 
 
 class CommandError(Exception):
@@ -32,6 +37,11 @@ def add_common_arguments(parser, *, epochs_help):
     parser.add_argument("--out", default="out", help="folder for the figure(s) and the results JSON (default ./out)")
     parser.add_argument("--quick", action="store_true", help="small settings, seconds not minutes (for tests)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def add_cell_argument(parser):
+    parser.add_argument("--cell", choices=tuple(CELLS), default="lstm",
+                        help="the recurrent layer: lstm (default) or gru (PyTorch's GRU, reset_after=True)")
 
 
 def positive_epochs(epochs):
@@ -71,6 +81,35 @@ def require_device(device):
         gpu.require_cuda()
     except RuntimeError as e:
         raise CommandError(f"--device cuda: {e}") from None
+
+
+def require_cell(cell, device):
+    """CommandError (one line) unless the recurrent layer `cell` exists and can run on `device`."""
+    if cell not in CELLS:
+        raise CommandError(f"--cell must be one of {', '.join(CELLS)}, got {cell!r}")
+    if device != "cpu" and CELLS[cell].cuda_backend is None:
+        raise CommandError(f"--cell {cell} --device {device}: the {CELLS[cell].name} has no CUDA backend in "
+                           f"this build; use --device cpu")
+
+
+def recurrent(cell, input_size, hidden_size, *, seed, device="cpu", **kwargs):
+    """A batch-first recurrent layer of kind `cell` ("lstm" / "gru") on `device`."""
+    return CELLS[cell](input_size, hidden_size, batch_first=True, seed=seed, **kwargs, **lstm_kwargs(device))
+
+
+def cell_of(layer):
+    """The --cell name of a recurrent layer ("lstm" / "gru")."""
+    return next(name for name, cls in CELLS.items() if isinstance(layer, cls))
+
+
+def host_copy(layer, batch_first=True):
+    """A stateless CPU copy of a trained recurrent layer (LSTM or GRU): same class, sizes, weights."""
+    extra = {"reset_after": layer.reset_after} if isinstance(layer, GRU) else {}
+    copy = type(layer)(layer.input_size, layer.hidden_size, num_layers=layer.num_layers, batch_first=batch_first,
+                       dtype=layer.dtype, **extra)
+    for k, v in layer.params.items():
+        copy.params[k] = np.array(host(v), copy=True)
+    return copy
 
 
 def lstm_kwargs(device):
@@ -121,7 +160,10 @@ def train(model, x, y, *, epochs, batch_size, rng, shuffle=True, mask=None, prog
     The shuffling is ours (rng.permutation, rows permuted identically in x, y and mask) and fit is
     called with shuffle=False, so the same seed gives the same run whatever the toolkit's own RNG does.
     A stateful model is never shuffled: fit resets its state at the start of each epoch and walks the
-    batches in order. Returns the per-epoch training losses (and accuracies for cross-entropy).
+    batches in order. Returns the per-epoch training losses (and accuracies for cross-entropy),
+    "epoch_seconds", the wall time of each epoch's fit call (perf_counter), and "epoch_cpu_seconds",
+    the CPU time this process spent in it (process_time: on a loaded machine it moves less than the
+    wall time, since waiting for a core is not counted).
     """
     history = {}
     bar = progress_range(epochs, desc, progress)
@@ -132,7 +174,10 @@ def train(model, x, y, *, epochs, batch_size, rng, shuffle=True, mask=None, prog
                 xe, ye, me = x[perm], y[perm], (None if mask is None else mask[perm])
             else:
                 xe, ye, me = x, y, mask
+            t0, c0 = time.perf_counter(), time.process_time()
             h = model.fit(xe, ye, epochs=1, batch_size=batch_size, shuffle=False, mask=me, progress=False)
+            history.setdefault("epoch_seconds", []).append(time.perf_counter() - t0)
+            history.setdefault("epoch_cpu_seconds", []).append(time.process_time() - c0)
             for k, v in h.items():
                 history.setdefault(k, []).append(float(v[-1]))
             if hasattr(bar, "set_postfix"):

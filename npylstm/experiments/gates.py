@@ -34,6 +34,10 @@ TITLES = {"I": "input gate I", "F": "forget gate F", "O": "output gate O",
 def _stacked_layers(model, where):
     """[(W_x, W_h, b), ...]: every layer of every LSTM in `model` (an LSTM or a Sequential), bottom up."""
     lstms = [model] if isinstance(model, LSTM) else [l for l in getattr(model, "layers", ()) if isinstance(l, LSTM)]
+    others = [type(l).__name__ for l in getattr(model, "rnns", ()) if not isinstance(l, LSTM)]
+    if others:   # a GRU in the stack: the LSTM layers alone would not compute what the model computes
+        raise ValueError(f"{where}: the Sequential holds {', '.join(others)} layers; the gate recorder runs "
+                         f"LSTM stacks only")
     if not lstms:
         raise ValueError(f"{where}: model must be an npylstm LSTM or a Sequential holding LSTM layers, "
                          f"got {type(model).__name__}")

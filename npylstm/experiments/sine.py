@@ -13,6 +13,8 @@ noise's own mean square, printed as the MSE of the clean sin(t). The last-value 
     every step (return_sequences=True).
 (c) last value.
 
+--cell gru builds the same models with a GRU layer in place of the LSTM (same sizes, seeds, data).
+
 Then both models continue the series on their own for 200 steps from the end of the training data,
 each prediction fed back as the next input; the figure shows truth against the one-step predictions
 on the test part, and the continuations.
@@ -23,7 +25,6 @@ import os
 import numpy as np
 
 import npylstm
-from npylstm.lstm import LSTM
 
 from . import common
 
@@ -44,6 +45,7 @@ SETTINGS = {
 def add_arguments(parser):
     common.add_common_arguments(parser, epochs_help="training epochs of both models (default 100 stateless, "
                                                     "150 stateful; quick: 8 and 12)")
+    common.add_cell_argument(parser)
 
 
 def run(args):
@@ -60,21 +62,20 @@ def noisy_sine(seed, points=POINTS, span=SPAN, sigma=SIGMA):
 
 
 def clone_stateless(model, return_sequences):
-    """A stateless batch-any copy of a trained Sequential (LSTM layers + Linear head), same weights.
+    """A stateless batch-any copy of a trained Sequential (LSTM/GRU layers + Linear head), same weights.
 
     The stateful model is locked to its training batch size; its copy runs one long sequence
     (batch 1) from a zero state, which is what carrying the state one step at a time computes.
     """
     layers = []
     for layer in model.layers:
-        if isinstance(layer, LSTM):
-            new = LSTM(layer.input_size, layer.hidden_size, num_layers=layer.num_layers, batch_first=True,
-                       dtype=layer.dtype)
-        else:
+        if isinstance(layer, npylstm.Linear):
             W = layer.params["W"]
             new = npylstm.Linear(W.shape[0], W.shape[1], dtype=W.dtype)
-        for k, v in layer.params.items():
-            new.params[k] = np.array(common.host(v), copy=True)
+            for k, v in layer.params.items():
+                new.params[k] = np.array(common.host(v), copy=True)
+        else:
+            new = common.host_copy(layer)
         layers.append(new)
     return npylstm.Sequential(layers, return_sequences=return_sequences)
 
@@ -98,18 +99,18 @@ def mse(a, b):
     return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
-def train_stateful(train_part, s, seed, rng, device="cpu", progress=True):
+def train_stateful(train_part, s, seed, rng, device="cpu", progress=True, cell="lstm"):
     """(b): a return_sequences stateful model trained on stream_batches of the training series.
 
     Returns (model, streams, history, seconds)."""
     H = s["hidden"]
     streams = npylstm.stream_batches(train_part, s["streams"], s["steps"])
-    model = npylstm.Sequential([LSTM(1, H, batch_first=True, seed=seed + 1, **common.lstm_kwargs(device)),
+    model = npylstm.Sequential([common.recurrent(cell, 1, H, seed=seed + 1, device=device),
                                 npylstm.Linear(H, 1, seed=seed + 101)], return_sequences=True, stateful=True, seed=seed)
     model.compile(loss="mse", optimizer=npylstm.Adam(lr=s["lr"]))
     with common.Timer() as tm:
         hist = common.train(model, streams.x, streams.y, epochs=s["stateful_epochs"], batch_size=s["streams"],
-                            rng=rng, shuffle=False, progress=progress, desc="sine stateful")
+                            rng=rng, shuffle=False, progress=progress, desc=f"sine stateful {cell}")
     return model, streams, hist, tm.seconds
 
 
@@ -121,8 +122,9 @@ def settings(quick=False, epochs=None):
 
 
 @common.one_blas_thread()
-def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
-    """Run (a), (b), (c); returns (results dict for the JSON, arrays for the figure)."""
+def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, cell="lstm"):
+    """Run (a), (b), (c) with recurrent layers of kind `cell` ("lstm" / "gru"); returns (results dict
+    for the JSON, arrays for the figure)."""
     s = settings(quick, epochs)
     rng = np.random.default_rng(seed + 1)   # shuffling; seed itself made the data
     t, clean, series = noisy_sine(seed)
@@ -136,17 +138,18 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
     # (a) stateless windows
     X_train, y_train = npylstm.make_windows(train_part, WINDOW)     # (M, 20, 1), (M, 1)
     X_test, _ = npylstm.make_windows(test_part, WINDOW)
-    stateless = npylstm.Sequential([LSTM(1, H, batch_first=True, seed=seed, **common.lstm_kwargs(device)),
+    stateless = npylstm.Sequential([common.recurrent(cell, 1, H, seed=seed, device=device),
                                     npylstm.Linear(H, 1, seed=seed + 100)], seed=seed)
     stateless.compile(loss="mse", optimizer=npylstm.Adam(lr=s["lr"]))
     with common.Timer() as tm:
         hist_a = common.train(stateless, X_train, y_train, epochs=s["epochs"], batch_size=s["batch_size"], rng=rng,
-                              progress=progress, desc="sine stateless")
+                              progress=progress, desc=f"sine stateless {cell}")
     timings["stateless_train_s"] = tm.seconds
     pred_a = common.host(stateless.predict(X_test))[:, 0]              # (S - n_train,)
 
     # (b) stateful streams
-    stateful, streams, hist_b, timings["stateful_train_s"] = train_stateful(train_part, s, seed, rng, device, progress)
+    stateful, streams, hist_b, timings["stateful_train_s"] = train_stateful(train_part, s, seed, rng, device, progress,
+                                                                         cell)
     runner = clone_stateless(stateful, return_sequences=True)
     one_step = runner.predict(series[None, :-1, None])[0, :, 0]            # one_step[k] predicts series[k + 1]
     pred_b = one_step[n_train - 1:]
@@ -161,8 +164,8 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
 
     results = {
         "command": "sine",
-        "config": dict(seed=seed, quick=quick, device=device, points=S, span="20*pi", sigma=SIGMA, window=WINDOW,
-                       test_fraction=TEST_FRACTION, train_points=n_train, test_points=S - n_train,
+        "config": dict(seed=seed, quick=quick, device=device, cell=cell, points=S, span="20*pi", sigma=SIGMA,
+                       window=WINDOW, test_fraction=TEST_FRACTION, train_points=n_train, test_points=S - n_train,
                        stream_points_dropped=int(streams.dropped), **s),
         "test_mse": {"stateless": mse(pred_a, y_test), "stateful": mse(pred_b, y_test),
                      "last_value": mse(pred_c, y_test), "noise_floor": NOISE_FLOOR,
@@ -172,16 +175,23 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
                                   "steps": horizon},
         "final_train_loss": {"stateless": hist_a["loss"][-1], "stateful": hist_b["loss"][-1]},
         "history": {"stateless": hist_a["loss"], "stateful": hist_b["loss"]},
+        "epoch_seconds": {"stateless": hist_a["epoch_seconds"], "stateful": hist_b["epoch_seconds"]},
+        "epoch_cpu_seconds": {"stateless": hist_a["epoch_cpu_seconds"], "stateful": hist_b["epoch_cpu_seconds"]},
+        "num_parameters": {"stateless": int(stateless.num_parameters()), "stateful": int(stateful.num_parameters())},
         "seconds": timings,
     }
     arrays = dict(t=t, clean=clean, series=series, n_train=n_train, pred_a=pred_a, pred_b=pred_b,
-                  free_a=free_a, free_b=free_b)
+                  free_a=free_a, free_b=free_b,
+                  # the trained models and what one more epoch of each would be fed (for compare's timing)
+                  fits={"stateless": (stateless, X_train, y_train, s["batch_size"]),
+                        "stateful": (stateful, streams.x, streams.y, s["streams"])})
     return results, arrays
 
 
 def table(results):
     m = results["test_mse"]
-    rows = [("stateless LSTM, windows of 20", m["stateless"]), ("stateful LSTM, streams", m["stateful"]),
+    name = results["config"].get("cell", "lstm").upper()
+    rows = [(f"stateless {name}, windows of 20", m["stateless"]), (f"stateful {name}, streams", m["stateful"]),
             ("last value", m["last_value"]), ("noise floor σ²", m["noise_floor"]),
             ("clean sin(t) (this sample)", m["clean_signal"])]
     lines = [f"{'one-step forecast, test part':<32}{'test MSE':>10}{'÷ σ²':>8}"]
@@ -201,7 +211,8 @@ def figure(arrays, results, path):
     ax1.plot(t[n:], clean[n:], "-", color="0.2", lw=0.8, label="sin(t)")
     ax1.plot(t[n:], arrays["pred_a"], "-", color="tab:blue", lw=1.3, label=f"stateless, MSE {m['stateless']:.4f}")
     ax1.plot(t[n:], arrays["pred_b"], "-", color="tab:orange", lw=1.3, label=f"stateful, MSE {m['stateful']:.4f}")
-    ax1.set_title(f"one-step predictions on the test part (last value MSE {m['last_value']:.4f}; noise floor "
+    cell = results["config"].get("cell", "lstm").upper()
+    ax1.set_title(f"{cell}: one-step predictions on the test part (last value MSE {m['last_value']:.4f}; noise floor "
                   f"σ² = {NOISE_FLOOR:.2f}, on this sample {m['clean_signal']:.4f})")
     ax1.set_xlabel("t")
     ax1.legend(loc="upper right", fontsize=8, ncol=2)
@@ -223,13 +234,15 @@ def figure(arrays, results, path):
 def _run(args):
     common.positive_epochs(args.epochs)
     common.require_device(args.device)
+    common.require_cell(args.cell, args.device)
     out = common.out_dir(args)
     with common.Timer() as tm:
         results, arrays = experiment(seed=args.seed, quick=args.quick, epochs=args.epochs, device=args.device,
-                                     progress=args.progress)
+                                     progress=args.progress, cell=args.cell)
     results["seconds"]["total_s"] = tm.seconds
-    png = figure(arrays, results, os.path.join(out, "sine.png"))
-    js = common.write_json(os.path.join(out, "sine.json"), results)
+    stem = "sine" if args.cell == "lstm" else f"sine_{args.cell}"    # the LSTM keeps its file names
+    png = figure(arrays, results, os.path.join(out, f"{stem}.png"))
+    js = common.write_json(os.path.join(out, f"{stem}.json"), results)
     print(table(results))
     print(f"wrote {png} and {js} ({tm.seconds:.1f} s)")
     return 0
