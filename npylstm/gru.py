@@ -7,12 +7,12 @@ Parameters per layer k, PyTorch's gate order [ r | z | n ]: W_x_l{k} (D, 3H), W_
 b_x_l{k} (3H,), b_h_l{k} (3H,). reset_after=True is PyTorch's, cuDNN's and Keras's default GRU
 (R multiplies H_prev W_h,n + b_h,n); reset_after=False is the original one (R multiplies H_prev
 before the product). Shapes, batch_first, unbatched input, masks and stateful mode are the LSTM's.
-CPU only: there are no GRU kernels yet, so device="cuda" is refused.
+device="cuda" (or `gru.to("cuda")`) runs the sequences on kernels/gru_kernels.cu (gru_gpu.py), as the LSTM does.
 """
 
 import numpy as np
 
-from . import gru_sequence
+from . import gru_gpu, gru_sequence
 from .recurrent import Recurrent
 
 
@@ -26,10 +26,10 @@ class GRU(Recurrent):
     state_names = ("h",)
     state_arg, dstate_arg = "h0", "dh_n"
     numpy_backend = gru_sequence
-    cuda_backend = None                  # no GRU kernels yet: GRU(device="cuda") is refused
+    cuda_backend = gru_gpu.Backend       # kernel version -> gru_sequence.py's contract on the GPU (gru_gpu.py)
 
     def __init__(self, input_size, hidden_size, num_layers=1, batch_first=False, dtype=np.float32,
-                 seed=None, reset_after=True, stateful=False, device="cpu"):
+                 seed=None, reset_after=True, stateful=False, device="cpu", kernel=None):
         super().__init__(input_size, hidden_size, num_layers, batch_first, dtype, stateful)
         if not isinstance(reset_after, (bool, np.bool_)):
             raise ValueError(f"GRU: reset_after must be True or False, got {reset_after!r}")
@@ -44,10 +44,19 @@ class GRU(Recurrent):
             for name, shape in zip(gru_param_names(layer), shapes):
                 self.params[name] = rng.uniform(-k, k, shape).astype(self.dtype)
         self.zero_grad()
-        self.to(device)
+        self.to(device, kernel=kernel)
 
     def _param_names(self, layer):
         return gru_param_names(layer)
+
+    def to(self, device, kernel=None):
+        """Move parameters, gradients and carried state to `device` ('cpu' or 'cuda'); returns self.
+
+        kernel : the GRU kernel version (gru_gpu.KERNEL_VERSIONS; None: gru_gpu.DEFAULT_KERNEL); 'cuda' only.
+        """
+        if device == "cuda":   # the GRU's versions, not the LSTM's, before the base class takes over
+            kernel = gru_gpu.check_kernel("GRU.to", gru_gpu.DEFAULT_KERNEL if kernel is None else kernel)
+        return super().to(device, kernel=kernel)
 
     def _run_forward(self, inp, states, params, mask):
         Y, h_T, cache = self._backend.gru_sequence_forward(inp, *states, *params, self.reset_after, mask)

@@ -257,32 +257,40 @@ static int launch(void (*k)(Args...), const unsigned* grid, const unsigned* bloc
 
 extern "C" int emulate(const char* want, const unsigned* grid, const unsigned* block, void** params,
                        const char* kinds, int nparams) {
-    KERNEL(lstm_forward_kernel1, float) KERNEL(lstm_forward_kernel1, double)
-    KERNEL(lstm_backward_kernel1, float) KERNEL(lstm_backward_kernel1, double)
-    KERNEL(lstm_forward_kernel2, float) KERNEL(lstm_forward_kernel2, double)
-    KERNEL(lstm_backward_kernel2, float) KERNEL(lstm_backward_kernel2, double)
+@KERNELS@
     return -1;  // unknown name
 }
 """
+
+
+def emulator_source(name_expressions):
+    """EMULATOR dispatching to every kernel of `name_expressions` ('npylstm::name<T>', the loader's list)."""
+    lines = [f"    KERNEL({e[len('npylstm::'):].replace('<', ', ').rstrip('>')})" for e in name_expressions]
+    return EMULATOR.replace("@KERNELS@", "\n".join(lines))
 
 GUARD = 64                 # elements of guard zone on each side of every array argument
 GUARD_VALUE = -7.77e7      # what the guard zones hold; anything else afterwards was written out of bounds
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
+def build_emulator(d, kernel_file, name_expressions):
+    """The kernels of kernels/`kernel_file` (the loader's spliced source) built by g++ into d/emulator.so."""
     from npylstm import gpu
     gxx = _need_tool("g++")
-    d = tmp_path_factory.mktemp("kernels_cpu")
-    (d / "spliced.cu").write_text(gpu.load_source())
-    (d / "emulator.cpp").write_text(EMULATOR)
+    (d / "spliced.cu").write_text(gpu.load_source(kernel_file))
+    (d / "emulator.cpp").write_text(emulator_source(name_expressions))
     so = d / "emulator.so"
     r = subprocess.run([gxx, "-O1", "-std=c++20", "-pthread", "-shared", "-fPIC", "-w", "-o", str(so),
                         str(d / "emulator.cpp")], capture_output=True, text=True, cwd=d)
-    assert r.returncode == 0, f"g++ failed on the kernels:\n{r.stderr}"
+    assert r.returncode == 0, f"g++ failed on {kernel_file}:\n{r.stderr}"
     lib = ctypes.CDLL(str(so))
     lib.emulate.restype = ctypes.c_int
     return lib
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    from npylstm import gpu
+    return build_emulator(tmp_path_factory.mktemp("kernels_cpu"), gpu.KERNEL_FILE, gpu.NAME_EXPRESSIONS)
 
 
 class EmulatedKernel:
@@ -487,7 +495,7 @@ def test_kernels_have_no_data_race_under_thread_sanitizer(tmp_path):
     from npylstm import gpu
     gxx = _need_tool("g++")
     (tmp_path / "spliced.cu").write_text(gpu.load_source())
-    (tmp_path / "emulator.cpp").write_text(EMULATOR)
+    (tmp_path / "emulator.cpp").write_text(emulator_source(gpu.NAME_EXPRESSIONS))
     (tmp_path / "race.cpp").write_text(RACE_DRIVER)
     exe = tmp_path / "race"
     r = subprocess.run([gxx, "-fsanitize=thread", "-g", "-O1", "-std=c++20", "-pthread", "-w", "-o", str(exe),
@@ -499,3 +507,225 @@ def test_kernels_have_no_data_race_under_thread_sanitizer(tmp_path):
                        env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
     assert "ThreadSanitizer" not in r.stderr, r.stderr[:4000]
     assert r.returncode == 0 and "launch codes: 0" in r.stdout, (r.returncode, r.stdout, r.stderr[:2000])
+
+
+# =========================================================================================================
+# The GRU: kernels/gru_gates.cuh against gru_cell.py, and kernels/gru_kernels.cu run on the CPU through the same
+# emulator (npylstm/gru_gpu.py's real launch code) against gru_sequence.py, both reset_after variants.
+# =========================================================================================================
+GRU_WRAPPERS = r"""
+#include <cmath>
+#define __host__
+#define __device__
+#include "gru_gates.cuh"
+using namespace npylstm;
+
+// every array is (N, H) flat: one gate block each, n elements
+#define BOTH(T, S)                                                                                                  \
+extern "C" void fwd_after_##S(const T* Axr, const T* Axz, const T* Axn, const T* Ahr, const T* Ahz, const T* Ahn,   \
+                              const T* Hp, T* R, T* Z, T* Ht, T* H, int n) {                                        \
+    for (int e = 0; e < n; ++e) gru_forward_after(Axr[e], Axz[e], Axn[e], Ahr[e], Ahz[e], Ahn[e], Hp[e],            \
+                                                  &R[e], &Z[e], &Ht[e], &H[e]); }                                   \
+extern "C" void fwd_reset_##S(const T* Ar, const T* Az, const T* Hp, T* R, T* Z, T* RH, int n) {                   \
+    for (int e = 0; e < n; ++e) gru_forward_reset(Ar[e], Az[e], Hp[e], &R[e], &Z[e], &RH[e]); }                     \
+extern "C" void fwd_cand_##S(const T* An, const T* Z, const T* Hp, T* Ht, T* H, int n) {                            \
+    for (int e = 0; e < n; ++e) gru_forward_candidate(An[e], Z[e], Hp[e], &Ht[e], &H[e]); }                        \
+extern "C" void bwd_after_##S(const T* dH, const T* R, const T* Z, const T* Ht, const T* Hp, const T* Ahn,         \
+                              T* dAr, T* dAz, T* dAn, T* dAhn, T* dHp, int n) {                                     \
+    for (int e = 0; e < n; ++e) gru_backward_after(dH[e], R[e], Z[e], Ht[e], Hp[e], Ahn[e],                         \
+                                                   &dAr[e], &dAz[e], &dAn[e], &dAhn[e], &dHp[e]); }                 \
+extern "C" void bwd_update_##S(const T* dH, const T* Z, const T* Hp, const T* Ht, T* dAz, T* dAn, T* dHp, int n) { \
+    for (int e = 0; e < n; ++e) gru_backward_update(dH[e], Z[e], Hp[e], Ht[e], &dAz[e], &dAn[e], &dHp[e]); }       \
+extern "C" void bwd_reset_##S(const T* dRH, const T* R, const T* Hp, T* dAr, T* dHp, int n) {                       \
+    for (int e = 0; e < n; ++e) gru_backward_reset(dRH[e], R[e], Hp[e], &dAr[e], &dHp[e]); }
+BOTH(float, float)
+BOTH(double, double)
+
+extern "C" int gru_gate_index(char name) {
+    switch (name) { case 'r': return GRU_R; case 'z': return GRU_Z; case 'n': return GRU_N; }
+    return -1;
+}
+extern "C" int gru_num_gates() { return GRU_NUM_GATES; }
+"""
+
+
+@pytest.fixture(scope="module")
+def gru_lib(tmp_path_factory):
+    gxx = _need_tool("g++")
+    d = tmp_path_factory.mktemp("gru_gates_cpu")
+    src, so = d / "gru_gates_cpu.cpp", d / "gru_gates_cpu.so"
+    src.write_text(GRU_WRAPPERS)
+    r = subprocess.run([gxx, "-O2", "-std=c++17", "-Wall", "-Werror", "-shared", "-fPIC", "-I", str(kernel_dir()),
+                        "-o", str(so), str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, f"g++ failed on the GRU gate header:\n{r.stderr}"
+    return ctypes.CDLL(str(so))
+
+
+def test_gru_gate_order_matches_numpy(gru_lib):
+    from npylstm.gru_cell import GRU_GATES
+    assert gru_lib.gru_num_gates() == len(GRU_GATES)
+    assert [gru_lib.gru_gate_index(ctypes.c_char(g.encode())) for g in GRU_GATES] == list(range(len(GRU_GATES)))
+
+
+def _gru_header_case(seed, N, H, scale, dtype, reset_after):
+    """A step of gru_cell.py in `dtype` with W_x = I (D = 3H), so A_x = x + b_x exactly and dx = dA_x."""
+    from npylstm.gru_cell import gru_step_backward, gru_step_forward
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, scale, (N, 3 * H)).astype(dtype)
+    h_prev = rng.uniform(-1, 1, (N, H)).astype(dtype)
+    W_h = rng.normal(0, 1 / np.sqrt(H), (H, 3 * H)).astype(dtype)
+    b_x, b_h = rng.normal(0, scale, 3 * H).astype(dtype), rng.normal(0, scale, 3 * H).astype(dtype)
+    H_new, cache = gru_step_forward(x, h_prev, np.eye(3 * H, dtype=dtype), W_h, b_x, b_h, reset_after)
+    dH = rng.normal(size=(N, H)).astype(dtype)
+    grads = gru_step_backward(dH, cache)
+    return x + b_x, h_prev, W_h, b_h, H_new, cache, dH, grads
+
+
+def _blocks(A, k):
+    H = A.shape[1] // k
+    return [np.ascontiguousarray(A[:, i * H:(i + 1) * H]) for i in range(k)]
+
+
+GRU_HEADER_SETTINGS = settings(max_examples=25, deadline=None)
+GRU_HEADER_DRAWS = dict(seed=st.integers(0, 2**32 - 1), N=st.integers(1, 9), H=st.integers(1, 37),
+                        scale=st.sampled_from([0.5, 3.0, 30.0, 1e4]))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("dtype,rtol", DTYPES)
+@GRU_HEADER_SETTINGS
+@given(**GRU_HEADER_DRAWS)
+def test_gru_header_forward_matches_gru_cell(gru_lib, reset_after, dtype, rtol, seed, N, H, scale):
+    A_x, h_prev, W_h, b_h, H_ref, cache, _, _ = _gru_header_case(seed, N, H, scale, dtype, reset_after)
+    Axr, Axz, Axn = _blocks(A_x, 3)
+    W_hr, W_hz, W_hn = (W_h[:, k * H:(k + 1) * H] for k in range(3))
+    b_hr, b_hz, b_hn = (b_h[k * H:(k + 1) * H] for k in range(3))
+    out = {k: np.full((N, H), np.nan, dtype) for k in ("R", "Z", "H_tilde", "H", "RH")}  # poisoned
+    if reset_after:   # the A_h blocks as gru_step_forward forms them
+        Ahr, Ahz, Ahn = (np.ascontiguousarray(h_prev @ W + b) for W, b in ((W_hr, b_hr), (W_hz, b_hz), (W_hn, b_hn)))
+        _call(gru_lib, "fwd_after", dtype, Axr, Axz, Axn, Ahr, Ahz, Ahn, h_prev, out["R"], out["Z"], out["H_tilde"],
+              out["H"], N * H)
+        _assert_close("A_hn", Ahn, cache.A_hn, rtol)
+    else:             # first half, the product (R ⊙ H_prev) W_h,n, second half
+        Ar, Az = np.ascontiguousarray(Axr + h_prev @ W_hr + b_hr), np.ascontiguousarray(Axz + h_prev @ W_hz + b_hz)
+        _call(gru_lib, "fwd_reset", dtype, Ar, Az, h_prev, out["R"], out["Z"], out["RH"], N * H)
+        _assert_close("RH", out["RH"], cache.RH, rtol)
+        An = np.ascontiguousarray(Axn + out["RH"] @ W_hn + b_hn)
+        _call(gru_lib, "fwd_cand", dtype, An, out["Z"], h_prev, out["H_tilde"], out["H"], N * H)
+    for name, want in dict(R=cache.R, Z=cache.Z, H_tilde=cache.H_tilde, H=H_ref).items():
+        _assert_close(name, out[name], want, rtol)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("dtype,rtol", DTYPES)
+@GRU_HEADER_SETTINGS
+@given(**GRU_HEADER_DRAWS)
+def test_gru_header_backward_matches_gru_cell(gru_lib, reset_after, dtype, rtol, seed, N, H, scale):
+    _, h_prev, W_h, _, _, cache, dH, grads = _gru_header_case(seed, N, H, scale, dtype, reset_after)
+    dx_ref, dh_prev_ref, _, dW_h_ref, _, _ = grads
+    d = {k: np.full((N, H), np.nan, dtype) for k in ("dA_r", "dA_z", "dA_n", "dA_hn", "direct", "dRH")}
+    c = (lambda a: np.ascontiguousarray(a, dtype))
+    if reset_after:
+        _call(gru_lib, "bwd_after", dtype, dH, c(cache.R), c(cache.Z), c(cache.H_tilde), h_prev, c(cache.A_hn),
+              d["dA_r"], d["dA_z"], d["dA_n"], d["dA_hn"], d["direct"], N * H)
+        dA_h = np.concatenate([d["dA_r"], d["dA_z"], d["dA_hn"]], axis=1)
+        dh_prev = d["direct"] + dA_h @ W_h.T                        # the product CuPy makes after the kernel
+        dW_h = h_prev.T @ dA_h
+    else:
+        _call(gru_lib, "bwd_update", dtype, dH, c(cache.Z), h_prev, c(cache.H_tilde), d["dA_z"], d["dA_n"],
+              d["direct"], N * H)
+        dRH = np.ascontiguousarray(d["dA_n"] @ W_h[:, 2 * H:].T)  # the product between the two halves
+        _call(gru_lib, "bwd_reset", dtype, dRH, c(cache.R), h_prev, d["dA_r"], d["direct"], N * H)
+        dA_rz = np.concatenate([d["dA_r"], d["dA_z"]], axis=1)
+        dh_prev = d["direct"] + dA_rz @ W_h[:, :2 * H].T
+        dW_h = np.concatenate([h_prev.T @ dA_rz, cache.RH.T @ d["dA_n"]], axis=1)
+    _assert_close("dA_x", np.concatenate([d["dA_r"], d["dA_z"], d["dA_n"]], axis=1), dx_ref, rtol)   # dx = dA_x (W_x = I)
+    _assert_close("dh_prev", dh_prev, dh_prev_ref, rtol)
+    _assert_close("dW_h", dW_h, dW_h_ref, rtol)
+
+
+# ------------------------------------------------------------------------------------ GRU kernels on the CPU
+@pytest.fixture(scope="module")
+def gru_emulator(tmp_path_factory):
+    from npylstm import gru_gpu
+    return build_emulator(tmp_path_factory.mktemp("gru_kernels_cpu"), gru_gpu.KERNEL_FILE, gru_gpu.NAME_EXPRESSIONS)
+
+
+@pytest.fixture
+def gru_kernels_on_cpu(gru_emulator, monkeypatch):
+    """npylstm.gru_gpu with its launches running the real GRU kernels on the CPU (NumPy arrays for CuPy's)."""
+    from npylstm import gpu, gru_gpu
+    made = {}
+
+    def get_function(name, version, dtype):
+        full = f"npylstm::{name}{version}<{gpu.TYPE_NAMES[np.dtype(dtype)]}>"
+        return made.setdefault(full, EmulatedKernel(gru_emulator, full, dtype))
+
+    monkeypatch.setattr(gru_gpu, "get_function", get_function)
+    monkeypatch.setattr(gpu, "require_cuda", lambda where="": np)
+    monkeypatch.setattr(gpu, "POISON", True)
+    return made
+
+
+def _gru_weights(rng, dtype, D, H):
+    k = 1 / np.sqrt(H)
+    return [rng.uniform(-k, k, (D, 3 * H)).astype(dtype), rng.uniform(-k, k, (H, 3 * H)).astype(dtype),
+            rng.uniform(-1, 1, 3 * H).astype(dtype), rng.uniform(-1, 1, 3 * H).astype(dtype)]
+
+
+GRU_KERNELS = {True: ("gru_forward_kernel", "gru_backward_kernel"),
+               False: ("gru_forward_rz_kernel", "gru_forward_n_kernel", "gru_backward_n_kernel", "gru_backward_rz_kernel")}
+
+
+@pytest.mark.parametrize("dtype,rtol", DTYPES)
+@pytest.mark.parametrize("reset_after", [True, False])
+@EMU_SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 3), N=EMU_N, D=EMU_D, H=EMU_H, masked=st.booleans())
+def test_gru_kernels_on_cpu_sequence_matches_gru_sequence_py(gru_kernels_on_cpu, reset_after, dtype, rtol, seed,
+                                                             T, N, D, H, masked):
+    from npylstm import gru_gpu, gru_sequence
+    rng = np.random.default_rng(seed)
+    host = [rng.normal(size=(T, N, D)).astype(dtype), rng.uniform(-1, 1, (N, H)).astype(dtype),
+            *_gru_weights(rng, dtype, D, H)]
+    ref = [a.astype(np.float64) for a in host]
+    mask = rng.random((T, N)) < 0.7 if masked else None
+    Y, h_T, cache = gru_gpu.gru_sequence_forward(*host, reset_after=reset_after, mask=mask)
+    Y_r, h_r, cache_r = gru_sequence.gru_sequence_forward(*ref, reset_after=reset_after, mask=mask)
+    _close("Y", Y, Y_r, rtol)
+    _close("h_T", h_T, h_r, rtol)
+    _close("gates", cache.gates, cache_r.gates, rtol)
+    dY, dh = rng.normal(size=(T, N, H)).astype(dtype), rng.normal(size=(N, H)).astype(dtype)
+    got = gru_gpu.gru_sequence_backward(dY, dh, cache)
+    want = gru_sequence.gru_sequence_backward(dY.astype(np.float64), dh.astype(np.float64), cache_r)
+    for name, g, w in zip(["dx", "dh0", "dW_x", "dW_h", "db_x", "db_h"], got, want):
+        assert g.shape == w.shape and g.dtype == dtype, (name, g.shape, g.dtype)
+        _close(name, g, w, rtol)
+    t = "float" if dtype == np.float32 else "double"
+    assert {f"npylstm::{k}1<{t}>" for k in GRU_KERNELS[reset_after]} == set(gru_kernels_on_cpu)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_gru_layer_on_emulated_cuda_equals_the_cpu_layer(gru_kernels_on_cpu, reset_after, batch_first):
+    """GRU(device="cuda") over the real kernels: two layers, batch_first, stateful over two calls, mask, grads."""
+    from npylstm import GRU, gru_gpu
+    rng = np.random.default_rng(11)
+    T, N, D, H = 4, 5, 3, 33
+    cpu = GRU(D, H, num_layers=2, batch_first=batch_first, dtype=np.float64, seed=4, reset_after=reset_after,
+              stateful=True)
+    dev = GRU(D, H, num_layers=2, batch_first=batch_first, dtype=np.float64, seed=4, reset_after=reset_after,
+              stateful=True, device="cuda")
+    assert isinstance(dev._backend, gru_gpu.Backend) and dev.kernel == gru_gpu.DEFAULT_KERNEL
+    shape = (N, T, D) if batch_first else (T, N, D)
+    for call in range(2):  # the second call starts from the state the first left
+        x = rng.normal(size=shape)
+        mask = rng.random(shape[:2]) < 0.8
+        (y1, h1), (y2, h2) = cpu(x, mask=mask), dev(x, mask=mask)
+        _close("y", y2, y1, F64_RTOL)
+        _close("h_n", h2, h1, F64_RTOL)
+        dy, dh = rng.normal(size=y1.shape), rng.normal(size=h1.shape)
+        (dx1, dh1), (dx2, dh2) = cpu.backward(dy, dh), dev.backward(dy, dh)
+        _close("dx", dx2, dx1, F64_RTOL)
+        _close("dh0", dh2, dh1, F64_RTOL)
+    for k in cpu.grads:
+        _close(f"grads[{k}]", dev.grads[k], cpu.grads[k], F64_RTOL)
