@@ -5,7 +5,8 @@
 // Row-major arrays, row-vector convention, column blocks [ r | z | n ]: A_x, A_h (N, 3H), the saved gates (N, 3H)
 // hold [ R | Z | H_tilde ], states (N, H). Sizes come in as int.
 //
-// Version 1: only the pointwise part of a step is fused; the matrix products are cuBLAS calls made by CuPy. One
+// Version 1 (gru_forward_kernel1, gru_backward_kernel1; gru_forward_rz_kernel1, gru_forward_n_kernel1,
+// gru_backward_n_kernel1, gru_backward_rz_kernel1 for reset_after=false): only the pointwise part of a step is fused; the matrix products are cuBLAS calls made by CuPy. One
 // thread per element (n, j), grid-stride loop. The input products X_t W_x + b_x of all steps are one cuBLAS call
 // before the loop, the weight gradients one each after it.
 //   reset_after=true, forward: CuPy computes A_h = H_prev W_h; gru_forward_kernel1 adds b_h and writes R, Z,

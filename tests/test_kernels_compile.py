@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from npylstm import gpu
+from npylstm import gpu, gru_gpu
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = "sm_90"  # the H100 / H200 this project is timed on
+# every kernel file with its loader module (KERNEL_FILE, NAME_EXPRESSIONS, KERNEL_VERSIONS, KERNEL_NAMES, THREADS1)
+KERNEL_MODULES = pytest.mark.parametrize("mod", [gpu, gru_gpu], ids=["lstm", "gru"])
 
 
 def _missing(what):
@@ -70,9 +72,9 @@ def _ptxas_report(text):
     return out
 
 
-def _assert_every_kernel_clean(report, log):
+def _assert_every_kernel_clean(report, log, name_expressions):
     found = _ptxas_report(report)
-    for expr in gpu.NAME_EXPRESSIONS:
+    for expr in name_expressions:
         hits = [k for k in found if k.startswith(_mangled_prefix(expr))]
         assert hits, f"{expr} was not compiled; ptxas report:\n{log}"
         stack, spill_st, spill_ld = found[hits[0]]
@@ -80,20 +82,22 @@ def _assert_every_kernel_clean(report, log):
             f"{expr}: {stack} bytes stack frame, {spill_st} bytes spill stores, {spill_ld} bytes spill loads")
 
 
-def test_nvcc_compiles_every_kernel_for_sm90_without_spills(tmp_path):
-    src = tmp_path / gpu.KERNEL_FILE
-    src.write_text(gpu.load_source())
+@KERNEL_MODULES
+def test_nvcc_compiles_every_kernel_for_sm90_without_spills(tmp_path, mod):
+    src = tmp_path / mod.KERNEL_FILE
+    src.write_text(gpu.load_source(mod.KERNEL_FILE))
     r = subprocess.run([_nvcc(), f"-arch={ARCH}", "-cubin", "-Xptxas", "-v", "-std=c++17", "-Werror", "all-warnings",
                         "-o", str(tmp_path / "k.cubin"), str(src)], capture_output=True, text=True)
     assert r.returncode == 0, f"nvcc failed:\n{r.stderr}"
-    _assert_every_kernel_clean(r.stderr, r.stderr)
+    _assert_every_kernel_clean(r.stderr, r.stderr, mod.NAME_EXPRESSIONS)
 
 
-def test_nvrtc_compiles_the_loader_source_as_cupy_would():
+@KERNEL_MODULES
+def test_nvrtc_compiles_the_loader_source_as_cupy_would(mod):
     nvrtc = _nvrtc()
-    prog = nvrtc.createProgram(gpu.load_source(), gpu.KERNEL_FILE, [], [])
+    prog = nvrtc.createProgram(gpu.load_source(mod.KERNEL_FILE), mod.KERNEL_FILE, [], [])
     try:
-        for expr in gpu.NAME_EXPRESSIONS:
+        for expr in mod.NAME_EXPRESSIONS:
             nvrtc.addNameExpression(prog, expr)
         # CuPy's RawModule adds -ftz=true and -arch=sm_XX for the device to the loader's options
         options = list(gpu.COMPILE_OPTIONS) + ["-ftz=true", f"-arch={ARCH}", "--ptxas-options=-v"]
@@ -102,29 +106,32 @@ def test_nvrtc_compiles_the_loader_source_as_cupy_would():
         except nvrtc.NVRTCError as e:
             pytest.fail(f"NVRTC failed: {e}\n{nvrtc.getProgramLog(prog)}")
         log = nvrtc.getProgramLog(prog)
-        for expr in gpu.NAME_EXPRESSIONS:
+        for expr in mod.NAME_EXPRESSIONS:
             assert nvrtc.getLoweredName(prog, expr).startswith(_mangled_prefix(expr))
         assert len(nvrtc.getCUBIN(prog)) > 0
-        _assert_every_kernel_clean(log, log)
+        _assert_every_kernel_clean(log, log, mod.NAME_EXPRESSIONS)
     finally:
         nvrtc.destroyProgram(prog)
 
 
-def test_compiler_messages_name_the_header_and_its_line(tmp_path):
+@pytest.mark.parametrize("kernel_file,header,line", [
+    (gpu.KERNEL_FILE, "lstm_gates.cuh", "s.I = sigmoid(A_i);"),
+    (gru_gpu.KERNEL_FILE, "gru_gates.cuh", "*R = sigmoid(A_xr + A_hr);"),
+], ids=["lstm", "gru"])
+def test_compiler_messages_name_the_header_and_its_line(tmp_path, kernel_file, header, line):
     """A spliced header keeps its name and line numbers in compiler messages (the #line markers)."""
     kernels = tmp_path / "kernels"
     shutil.copytree(gpu.kernel_dir(), kernels)
-    header = kernels / "lstm_gates.cuh"
-    lines = header.read_text().splitlines()
-    bad = next(i for i, line in enumerate(lines) if "s.I = sigmoid(A_i);" in line)
-    lines[bad] = lines[bad].replace("s.I = sigmoid(A_i);", "s.I = sigmoid(A_i) +;")   # a syntax error
-    header.write_text("\n".join(lines) + "\n")
+    lines = (kernels / header).read_text().splitlines()
+    bad = next(i for i, text in enumerate(lines) if line in text)
+    lines[bad] = lines[bad].replace(line, line[:-1] + " +;")   # a syntax error
+    (kernels / header).write_text("\n".join(lines) + "\n")
     src = tmp_path / "spliced.cu"
-    src.write_text(gpu.load_source(directory=kernels))
+    src.write_text(gpu.load_source(kernel_file, directory=kernels))
     r = subprocess.run([_nvcc(), f"-arch={ARCH}", "-cubin", "-std=c++17", "-o", str(tmp_path / "k.cubin"), str(src)],
                        capture_output=True, text=True)
     assert r.returncode != 0
-    assert f"lstm_gates.cuh({bad + 1})" in r.stderr, r.stderr
+    assert f"{header}({bad + 1})" in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------------------------------------ the loader
@@ -139,6 +146,15 @@ def test_load_source_splices_each_header_once_with_line_markers():
     cu = (gpu.kernel_dir() / gpu.KERNEL_FILE).read_text().splitlines()
     include_line = next(i for i, line in enumerate(cu, 1) if line.startswith('#include "lstm_gates.cuh"'))
     assert f'#line {include_line + 1} "{gpu.KERNEL_FILE}"' in lines
+
+
+def test_gru_source_splices_both_headers_once():
+    """gru_kernels.cu includes gru_gates.cuh, which includes lstm_gates.cuh (the shared activations)."""
+    src = gpu.load_source(gru_gpu.KERNEL_FILE)
+    assert src.splitlines()[0] == f'#line 1 "{gru_gpu.KERNEL_FILE}"'
+    assert not any(re.match(r'\s*#\s*include\s*"', line) for line in src.splitlines()), "an #include was left unspliced"
+    assert src.count('#line 1 "gru_gates.cuh"') == 1 and src.count('#line 1 "lstm_gates.cuh"') == 1
+    assert src.count("inline T sigmoid(") == 1
 
 
 def test_header_edit_changes_the_loader_source(tmp_path):
@@ -156,20 +172,23 @@ def test_kernel_dir_is_the_checkout_kernels():
     assert (gpu.kernel_dir() / "lstm_gates.cuh").is_file()
 
 
-def test_launch_constants_match_the_kernel_file():
-    cu = (gpu.kernel_dir() / gpu.KERNEL_FILE).read_text()
-    for name in ("THREADS1", "TJ", "TN"):
+@pytest.mark.parametrize("mod,names", [(gpu, ("THREADS1", "TJ", "TN")), (gru_gpu, ("THREADS1",))], ids=["lstm", "gru"])
+def test_launch_constants_match_the_kernel_file(mod, names):
+    cu = (gpu.kernel_dir() / mod.KERNEL_FILE).read_text()
+    for name in names:
         m = re.search(rf"constexpr int {name} = (\d+);", cu)
-        assert m, f"{name} not found in {gpu.KERNEL_FILE}"
-        assert int(m.group(1)) == getattr(gpu, name), f"{name}: {m.group(1)} in the .cu, {getattr(gpu, name)} in gpu.py"
+        assert m, f"{name} not found in {mod.KERNEL_FILE}"
+        assert int(m.group(1)) == getattr(mod, name), (
+            f"{name}: {m.group(1)} in the .cu, {getattr(mod, name)} in {mod.__name__}")
 
 
-def test_every_version_has_forward_and_backward_in_both_dtypes():
-    assert len(gpu.NAME_EXPRESSIONS) == len(gpu.KERNEL_VERSIONS) * 2 * 2
-    cu = (gpu.kernel_dir() / gpu.KERNEL_FILE).read_text()
-    for v in gpu.KERNEL_VERSIONS:
+@KERNEL_MODULES
+def test_every_version_has_all_kernels_in_both_dtypes(mod):
+    assert len(mod.NAME_EXPRESSIONS) == len(mod.KERNEL_VERSIONS) * len(mod.KERNEL_NAMES) * 2
+    cu = (gpu.kernel_dir() / mod.KERNEL_FILE).read_text()
+    for v in mod.KERNEL_VERSIONS:
         assert f"Version {v} (" in cu, f"version {v} has no paragraph in the header comment"
-        for name in gpu.KERNEL_NAMES:
+        for name in mod.KERNEL_NAMES:
             assert f"{name}{v}(" in cu
 
 
@@ -203,7 +222,8 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("npylstm-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-        assert "npylstm/kernels/lstm_kernels.cu" in names and "npylstm/kernels/lstm_gates.cuh" in names, names
+        for f in ("lstm_kernels.cu", "lstm_gates.cuh", "gru_kernels.cu", "gru_gates.cuh"):
+            assert f"npylstm/kernels/{f}" in names, names
         z.extractall(tmp_path / "site")
     away = tmp_path / "elsewhere"
     away.mkdir()
