@@ -276,3 +276,85 @@ def test_importing_npylstm_does_not_import_cupy():
             "l = npylstm.LSTM(2, 3); l(np.ones((2, 1, 2))); assert 'cupy' not in sys.modules, 'cupy was imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------------------------------ the GRU
+from npylstm import GRU, gru_gpu  # noqa: E402
+
+
+@pytest.mark.skipif(_gpu_usable(), reason="a usable GPU is present")
+def test_gru_on_cuda_without_a_gpu_is_a_clear_runtime_error():
+    with pytest.raises(RuntimeError, match="CuPy|CUDA device|NVRTC"):
+        GRU(3, 4, device="cuda")
+    gru = GRU(3, 4, seed=0)
+    params = {k: v.copy() for k, v in gru.params.items()}
+    with pytest.raises(RuntimeError):
+        gru.to("cuda")
+    assert gru.device == "cpu" and all(np.array_equal(params[k], v) for k, v in gru.params.items())
+    gru(np.ones((2, 1, 3)))  # still usable on the CPU
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(device="gpu"), "GRU.to: device must be 'cpu' or 'cuda', got 'gpu'"),
+    (dict(device="cpu", kernel=1), "GRU.to: kernel selects a CUDA kernel version"),
+    (dict(device="cuda", kernel=2), "GRU.to: kernel must be one of 1 for the GRU, got 2"),
+    (dict(device="cuda", kernel=True), "GRU.to: kernel must be one of 1 for the GRU, got True"),
+])
+def test_gru_device_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GRU(3, 4, **kwargs)
+
+
+@pytest.fixture
+def host_as_gpu(monkeypatch):
+    """NumPy arrays pass the GPU boundary checks ("cupy" is numpy); the launches are not reached."""
+    monkeypatch.setattr(gpu, "require_cuda", lambda where="": np)
+
+
+def _gru_args(T=2, N=3, D=5, H=4, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return dict(x=rng.normal(size=(T, N, D)).astype(dtype), h0=rng.normal(size=(N, H)).astype(dtype),
+                W_x=rng.normal(size=(D, 3 * H)).astype(dtype), W_h=rng.normal(size=(H, 3 * H)).astype(dtype),
+                b_x=rng.normal(size=3 * H).astype(dtype), b_h=rng.normal(size=3 * H).astype(dtype))
+
+
+@pytest.mark.parametrize("name", ["x", "h0", "W_x", "W_h", "b_x", "b_h"])
+@pytest.mark.parametrize("fault", ["dtype", "shape", "host-list"])
+def test_gru_gpu_arguments_are_validated_at_the_boundary(host_as_gpu, name, fault):
+    args = _gru_args()
+    where = "npylstm.gru_gpu.gru_sequence_forward"
+    if fault == "dtype":
+        args[name] = args[name].astype(np.float64)
+        match = (f"{where}: {name} has dtype float64, expected float32" if name != "x"
+                 else f"{where}: h0 has dtype float32, expected float64")
+    elif fault == "shape":
+        # x sets T, N, D for the others, so x itself goes wrong by its rank
+        args[name] = args[name][0] if name == "x" else np.ascontiguousarray(args[name][..., :-1])
+        match = rf"{where}: {name} has shape \("
+    else:
+        args[name] = args[name].tolist()
+        match = f"{where}: {name} must be a CuPy array on the GPU, got list"
+    with pytest.raises(ValueError, match=match):
+        gru_gpu.gru_sequence_forward(**args)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel=2), "kernel must be one of 1 for the GRU, got 2"),
+    (dict(reset_after=1), "reset_after must be True or False, got 1"),
+    (dict(mask=np.ones((3, 2), bool)), r"mask must be \(T, N\) = \(2, 3\) booleans"),
+    (dict(mask=np.ones((2, 3), np.int8)), r"mask must be \(T, N\) = \(2, 3\) booleans, got int8"),
+])
+def test_gru_gpu_options_are_checked(host_as_gpu, kwargs, match):
+    with pytest.raises(ValueError, match="^npylstm.gru_gpu.gru_sequence_forward: " + match):
+        gru_gpu.gru_sequence_forward(**_gru_args(), **kwargs)
+
+
+def test_gru_gpu_backward_checks_its_cache_and_gradients(host_as_gpu):
+    where = "npylstm.gru_gpu.gru_sequence_backward"
+    dY, dh = np.ones((2, 3, 4), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match=f"^{where}: cache must be the GRUGPUSequenceCache"):
+        gru_gpu.gru_sequence_backward(dY, dh, cache=("not", "a", "cache"))
+    from npylstm import gru_sequence
+    _, _, cpu_cache = gru_sequence.gru_sequence_forward(*_gru_args().values())
+    with pytest.raises(ValueError, match=f"^{where}: cache must be the GRUGPUSequenceCache .* got GRUSequenceCache"):
+        gru_gpu.gru_sequence_backward(dY, dh, cpu_cache)

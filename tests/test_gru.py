@@ -433,7 +433,7 @@ def test_rejected_call_names_the_argument_and_changes_nothing(bad):
     (lambda: GRU(3, 4, dtype=np.int32), "GRU: dtype must be float32 or float64"),
     (lambda: GRU(3, 4, reset_after="yes"), "GRU: reset_after must be True or False"),
     (lambda: GRU(3, 4, device="gpu"), "GRU.to: device must be 'cpu' or 'cuda', got 'gpu'"),
-    (lambda: GRU(3, 4, device="cuda"), "GRU.to: the GRU has no CUDA backend yet; device must be 'cpu'"),
+    (lambda: GRU(3, 4, device="cuda", kernel=2), "GRU.to: kernel must be one of 1 for the GRU, got 2"),
     (lambda: GRU(3, 4).to("cpu", kernel=1), "GRU.to: kernel selects a CUDA kernel version"),
     (lambda: GRU(3, 4).backward(np.zeros((5, 2, 4))), "GRU.backward: call forward first"),
     (lambda: gru_from_torch(torch.nn.LSTM(3, 4)), "gru_from_torch: weight_hh_l0 has shape (16, 4), expected (3H, H)"),
