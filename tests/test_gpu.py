@@ -296,3 +296,170 @@ def test_sanitize_every_kernel_path(cp, kernel, dtype, N, D, H):
     want = step_backward(ref[1], ref[2], step_cache_ref)
     for name, g, w in zip(["dx", "dh_prev", "dc_prev", "dW_x", "dW_h", "db"], got, want):
         _check(name, g, w, RTOL[dtype])
+
+
+# ==========================================================================================================
+# The GRU kernels (kernels/gru_kernels.cu through npylstm/gru_gpu.py) against gru_sequence.py, both variants
+# ==========================================================================================================
+from npylstm import GRU, gru_gpu, gru_sequence  # noqa: E402
+
+RESET_AFTER = [True, False]
+
+
+def _gru_weights(rng, dtype, D, H):
+    k = 1 / np.sqrt(H)
+    return [rng.uniform(-k, k, s).astype(dtype) for s in ((D, 3 * H), (H, 3 * H))] + [
+        rng.uniform(-1, 1, 3 * H).astype(dtype) for _ in range(2)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", RESET_AFTER)
+@pytest.mark.parametrize("kernel", gru_gpu.KERNEL_VERSIONS)
+@GPU_SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 4), N=SIZES_N, D=SIZES_D, H=SIZES_H, masked=st.booleans())
+def test_gru_sequence_matches_gru_sequence_py(cp, kernel, reset_after, dtype, seed, T, N, D, H, masked):
+    rng = np.random.default_rng(seed)
+    host = [rng.normal(size=(T, N, D)).astype(dtype), rng.normal(size=(N, H)).astype(dtype),
+            *_gru_weights(rng, dtype, D, H)]
+    ref = [a.astype(np.float64) for a in host]
+    mask = rng.random((T, N)) < 0.7 if masked else None
+    Y, h_T, cache = gru_gpu.gru_sequence_forward(*map(cp.asarray, host), reset_after=reset_after, mask=mask,
+                                                 kernel=kernel)
+    Y_ref, h_ref, cache_ref = gru_sequence.gru_sequence_forward(*ref, reset_after=reset_after, mask=mask)
+    for name, g, w in (("Y", Y, Y_ref), ("h_T", h_T, h_ref), ("gates", cache.gates, cache_ref.gates)):
+        _check(name, g, w, RTOL[dtype])
+    dY, dh = rng.normal(size=(T, N, H)).astype(dtype), rng.normal(size=(N, H)).astype(dtype)
+    got = gru_gpu.gru_sequence_backward(cp.asarray(dY), cp.asarray(dh), cache)
+    want = gru_sequence.gru_sequence_backward(dY.astype(np.float64), dh.astype(np.float64), cache_ref)
+    for name, g, w in zip(["dx", "dh0", "dW_x", "dW_h", "db_x", "db_h"], got, want):
+        _check(name, g, w, RTOL[dtype])
+
+
+GRU_ARGS = ["x", "h0", "W_x", "W_h", "b_x", "b_h"]
+
+
+@pytest.mark.parametrize("arg", GRU_ARGS)
+@pytest.mark.parametrize("reset_after", RESET_AFTER)
+@pytest.mark.parametrize("kernel", gru_gpu.KERNEL_VERSIONS)
+def test_gru_backward_matches_finite_differences_on_the_gpu(cp, kernel, reset_after, arg):
+    """float64: the GPU backward against central differences of the GPU forward, one argument at a time."""
+    rng = np.random.default_rng(200 + kernel + 2 * reset_after)
+    T, N, D, H = 3, 2, 3, 5
+    args = dict(zip(GRU_ARGS, map(cp.asarray, [rng.normal(size=(T, N, D)), rng.normal(size=(N, H)),
+                                               *_gru_weights(rng, np.float64, D, H)])))
+    args["b_x"], args["b_h"] = args["b_x"] * 2, args["b_h"] * 2  # biases large enough to matter, non-zero
+    dY, dh = cp.asarray(rng.normal(size=(T, N, H))), cp.asarray(rng.normal(size=(N, H)))
+
+    def loss():
+        Y, h_T, _ = gru_gpu.gru_sequence_forward(*args.values(), reset_after=reset_after, kernel=kernel)
+        return float((Y * dY).sum() + (h_T * dh).sum())
+
+    _, _, cache = gru_gpu.gru_sequence_forward(*args.values(), reset_after=reset_after, kernel=kernel)
+    grads = dict(zip(GRU_ARGS, gru_gpu.gru_sequence_backward(dY, dh, cache)))
+    a = args[arg]
+    numeric = np.empty(a.shape)
+    for i in np.ndindex(a.shape):
+        keep = float(a[i])
+        a[i] = keep + FD_STEP
+        up = loss()
+        a[i] = keep - FD_STEP
+        down = loss()
+        a[i] = keep
+        numeric[i] = (up - down) / (2 * FD_STEP)
+    _check(f"d{arg}", grads[arg], numeric, FD_RTOL, floor=FD_FLOOR)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", RESET_AFTER)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_gru_layer_on_gpu_equals_layer_on_cpu(cp, reset_after, dtype, batch_first):
+    """Multi-layer, batch_first, stateful (carried state over two calls, a row reset between), mask."""
+    rng = np.random.default_rng(6)
+    T, N, D, H, L = 5, 7, 6, 33, 3
+    cpu = GRU(D, H, num_layers=L, batch_first=batch_first, dtype=np.float64, seed=2, stateful=True,
+              reset_after=reset_after)
+    dev = GRU(D, H, num_layers=L, batch_first=batch_first, dtype=dtype, seed=2, stateful=True,
+              reset_after=reset_after, device="cuda")
+    assert dev.kernel == gru_gpu.DEFAULT_KERNEL and isinstance(dev._backend, gru_gpu.Backend)
+    for k in cpu.params:  # the same float32-rounded weights on both
+        cpu.params[k] = cp.asnumpy(dev.params[k]).astype(np.float64)
+    shape = (N, T, D) if batch_first else (T, N, D)
+    for call in range(2):
+        x = rng.normal(size=shape).astype(dtype)
+        mask = rng.random(shape[:2]) < 0.8
+        y_ref, h_ref = cpu(x.astype(np.float64), mask=mask)
+        y, h = dev(cp.asarray(x), mask=mask)
+        assert isinstance(y, cp.ndarray) and y.dtype == dtype
+        _check("y", y, y_ref, RTOL[dtype])
+        _check("h_n", h, h_ref, RTOL[dtype])
+        dy = rng.normal(size=y_ref.shape).astype(dtype)
+        dh_n = rng.normal(size=h_ref.shape).astype(dtype)
+        dx_ref, dh0_ref = cpu.backward(dy.astype(np.float64), dh_n.astype(np.float64))
+        dx, dh0 = dev.backward(dy, dh_n)  # NumPy upstream gradients are moved to the GPU
+        _check("dx", dx, dx_ref, RTOL[dtype])
+        _check("dh0", dh0, dh0_ref, RTOL[dtype])
+        rows = np.zeros(N, bool)
+        rows[[0, N - 1]] = True
+        cpu.reset_states(rows)
+        dev.reset_states(rows)
+    for k in cpu.grads:
+        _check(f"grads[{k}]", dev.grads[k], cpu.grads[k], RTOL[dtype])
+
+
+def test_gru_to_cuda_and_back_keeps_the_parameters(cp):
+    gru = GRU(4, 8, num_layers=2, seed=0, dtype=np.float64)
+    before = {k: v.copy() for k, v in gru.params.items()}
+    y_cpu, _ = gru(np.ones((3, 2, 4)))
+    assert gru.to("cuda") is gru
+    assert gru.kernel == gru_gpu.DEFAULT_KERNEL and all(isinstance(v, cp.ndarray) for v in gru.params.values())
+    y, _ = gru(np.ones((3, 2, 4)))
+    assert isinstance(y, cp.ndarray)
+    _check("y", y, y_cpu, F64_RTOL)
+    gru.to("cpu")
+    assert all(isinstance(v, np.ndarray) and np.array_equal(v, before[k]) for k, v in gru.params.items())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", RESET_AFTER)
+def test_gru_saturated_preactivations_stay_finite(cp, reset_after, dtype):
+    """|A| up to 1e4: sigmoid as 0.5 + 0.5 tanh(a/2) never overflows; gates stay in [-1, 1]."""
+    rng = np.random.default_rng(9)
+    T, N, D, H = 2, 5, 3, 40
+    x, h = cp.asarray(rng.normal(size=(T, N, D)).astype(dtype)), cp.asarray(rng.normal(size=(N, H)).astype(dtype))
+    W_x, W_h = (cp.asarray(rng.normal(size=s).astype(dtype)) for s in ((D, 3 * H), (H, 3 * H)))
+    b_x, b_h = (cp.asarray((rng.choice([-1, 1], 3 * H) * 1e4).astype(dtype)) for _ in range(2))
+    Y, h_T, cache = gru_gpu.gru_sequence_forward(x, h, W_x, W_h, b_x, b_h, reset_after=reset_after)
+    gates = cp.asnumpy(cache.gates)
+    assert np.isfinite(gates).all() and (gates >= -1).all() and (gates <= 1).all()
+    grads = gru_gpu.gru_sequence_backward(cp.ones_like(Y), cp.ones_like(h_T), cache)
+    assert all(bool(cp.isfinite(g).all()) for g in (Y, h_T, *grads))
+
+
+def test_gru_gpu_refuses_host_arrays(cp):
+    rng = np.random.default_rng(0)
+    host = [rng.normal(size=s) for s in ((2, 3, 4), (3, 5), (4, 15), (5, 15), (15,), (15,))]
+    with pytest.raises(ValueError, match="x must be a CuPy array"):
+        gru_gpu.gru_sequence_forward(host[0], *map(cp.asarray, host[1:]))
+
+
+def test_gru_module_is_compiled_once_and_cached(cp):
+    assert gru_gpu.get_module() is gru_gpu.get_module()
+    assert gru_gpu.get_module() is not gpu.get_module()
+
+
+@pytest.mark.parametrize("N,D,H", SANITIZE_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", RESET_AFTER)
+def test_sanitize_every_gru_kernel_path(cp, reset_after, dtype, N, D, H):
+    """Fixed small shapes through every GRU launch path (forward and backward, with and without a mask)."""
+    rng = np.random.default_rng(N * 1000 + H + 7)
+    host = [rng.normal(size=s).astype(dtype) for s in ((2, N, D), (N, H))] + _gru_weights(rng, dtype, D, H)
+    ref = [a.astype(np.float64) for a in host]
+    for mask in (None, rng.random((2, N)) < 0.5):
+        Y, h_T, cache = gru_gpu.gru_sequence_forward(*map(cp.asarray, host), reset_after=reset_after, mask=mask)
+        dY = rng.normal(size=(2, N, H)).astype(dtype)
+        got = gru_gpu.gru_sequence_backward(cp.asarray(dY), h_T * 0 + 1, cache)
+        _, _, cache_ref = gru_sequence.gru_sequence_forward(*ref, reset_after=reset_after, mask=mask)
+        want = gru_sequence.gru_sequence_backward(dY.astype(np.float64), np.ones((N, H)), cache_ref)
+        for name, g, w in zip(["dx", "dh0", "dW_x", "dW_h", "db_x", "db_h"], got, want):
+            _check(name, g, w, RTOL[dtype])
