@@ -431,7 +431,7 @@ def test_emulated_launch_refuses_a_wrong_argument_list(kernels_on_cpu):
 # A standalone driver over the same emulator, built with ThreadSanitizer: a data race between the threads of a
 # block (a missing or misplaced __syncthreads, two threads writing one element) is reported, the CPU-side
 # counterpart of compute-sanitizer's racecheck. Shapes cut tiles on every edge: N = 9 (TN = 8), H = 40, D = 37.
-RACE_DRIVER = r"""
+RACE_HELPERS = r"""
 #include <array>
 #include <cstdio>
 #include <random>
@@ -451,7 +451,8 @@ static int run(void (*k)(Args...), std::array<unsigned, 3> g, std::array<unsigne
     std::tuple<std::remove_cv_t<Args>...> t(vals...);
     return run_impl(k, g.data(), b.data(), t, std::index_sequence_for<Args...>{});
 }
-
+"""
+RACE_DRIVER = RACE_HELPERS + r"""
 template <typename T>
 static int all(int N, int D, int H) {
     std::mt19937 rng(1);
@@ -491,12 +492,13 @@ int main() {
 """
 
 
-def test_kernels_have_no_data_race_under_thread_sanitizer(tmp_path):
+def run_under_thread_sanitizer(tmp_path, kernel_file, name_expressions, driver):
+    """Build `driver` (which includes emulator.cpp) over kernels/`kernel_file` with -fsanitize=thread and run it."""
     from npylstm import gpu
     gxx = _need_tool("g++")
-    (tmp_path / "spliced.cu").write_text(gpu.load_source())
-    (tmp_path / "emulator.cpp").write_text(emulator_source(gpu.NAME_EXPRESSIONS))
-    (tmp_path / "race.cpp").write_text(RACE_DRIVER)
+    (tmp_path / "spliced.cu").write_text(gpu.load_source(kernel_file))
+    (tmp_path / "emulator.cpp").write_text(emulator_source(name_expressions))
+    (tmp_path / "race.cpp").write_text(driver)
     exe = tmp_path / "race"
     r = subprocess.run([gxx, "-fsanitize=thread", "-g", "-O1", "-std=c++20", "-pthread", "-w", "-o", str(exe),
                         str(tmp_path / "race.cpp")], capture_output=True, text=True, cwd=tmp_path)
@@ -507,6 +509,11 @@ def test_kernels_have_no_data_race_under_thread_sanitizer(tmp_path):
                        env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
     assert "ThreadSanitizer" not in r.stderr, r.stderr[:4000]
     assert r.returncode == 0 and "launch codes: 0" in r.stdout, (r.returncode, r.stdout, r.stderr[:2000])
+
+
+def test_kernels_have_no_data_race_under_thread_sanitizer(tmp_path):
+    from npylstm import gpu
+    run_under_thread_sanitizer(tmp_path, gpu.KERNEL_FILE, gpu.NAME_EXPRESSIONS, RACE_DRIVER)
 
 
 # =========================================================================================================
@@ -729,3 +736,48 @@ def test_gru_layer_on_emulated_cuda_equals_the_cpu_layer(gru_kernels_on_cpu, res
         _close("dh0", dh2, dh1, F64_RTOL)
     for k in cpu.grads:
         _close(f"grads[{k}]", dev.grads[k], cpu.grads[k], F64_RTOL)
+
+
+# Every GRU kernel under ThreadSanitizer, with the launch gru_gpu makes (ceil(N H / THREADS1) blocks) and with one
+# block (every thread walks the grid-stride loop more than once); dH_direct in and out alias, as gru_gpu passes them.
+GRU_RACE_DRIVER = RACE_HELPERS + r"""
+template <typename T>
+static int all(int N, int H, unsigned blocks) {
+    std::mt19937 rng(2);
+    std::uniform_real_distribution<double> u(-1, 1);
+    auto vec = [&](long n) { std::vector<T> v(n); for (auto& e : v) e = (T)u(rng); return v; };
+    const long NH = (long)N * H;
+    auto Ax = vec(3 * NH), Ah = vec(3 * NH), b_h = vec(3 * H), Hp = vec(NH), gates = vec(3 * NH), A_hn = vec(NH);
+    auto Ho = vec(NH), RH = vec(NH), P = vec(NH), Ah_rz = vec(2 * NH), dH = vec(NH), direct = vec(NH), dY = vec(NH);
+    auto dA_x = vec(3 * NH), dA_h = vec(3 * NH), dA_rz = vec(2 * NH), dA_n = vec(NH), dRH = vec(NH);
+    const std::array<unsigned, 3> g = {blocks, 1, 1}, b = {(unsigned)npylstm::THREADS1, 1, 1};
+    T* null = nullptr;
+    int rc = 0;
+    rc |= run(&npylstm::gru_forward_kernel1<T>, g, b, Ax.data(), Ah.data(), b_h.data(), Hp.data(), gates.data(),
+              A_hn.data(), Ho.data(), N, H);
+    rc |= run(&npylstm::gru_backward_kernel1<T>, g, b, dH.data(), direct.data(), dY.data(), gates.data(), A_hn.data(),
+              Hp.data(), dA_x.data(), dA_h.data(), direct.data(), N, H);
+    rc |= run(&npylstm::gru_backward_kernel1<T>, g, b, dH.data(), null, null, gates.data(), A_hn.data(),
+              Hp.data(), dA_x.data(), dA_h.data(), direct.data(), N, H);
+    rc |= run(&npylstm::gru_forward_rz_kernel1<T>, g, b, Ax.data(), Ah_rz.data(), Hp.data(), gates.data(), RH.data(), N, H);
+    rc |= run(&npylstm::gru_forward_n_kernel1<T>, g, b, Ax.data(), P.data(), Hp.data(), gates.data(), Ho.data(), N, H);
+    rc |= run(&npylstm::gru_backward_n_kernel1<T>, g, b, dH.data(), direct.data(), dY.data(), gates.data(), Hp.data(),
+              dA_rz.data(), dA_n.data(), direct.data(), N, H);
+    rc |= run(&npylstm::gru_backward_rz_kernel1<T>, g, b, dRH.data(), gates.data(), Hp.data(), dA_rz.data(),
+              direct.data(), N, H);
+    return rc;
+}
+
+int main() {
+    const int N = 9, H = 40;
+    const unsigned full = (unsigned)((N * H + npylstm::THREADS1 - 1) / npylstm::THREADS1);
+    const int rc = all<float>(N, H, full) | all<double>(N, H, full) | all<float>(N, H, 1) | all<double>(N, H, 1);
+    std::printf("launch codes: %d\n", rc);
+    return rc;
+}
+"""
+
+
+def test_gru_kernels_have_no_data_race_under_thread_sanitizer(tmp_path):
+    from npylstm import gru_gpu
+    run_under_thread_sanitizer(tmp_path, gru_gpu.KERNEL_FILE, gru_gpu.NAME_EXPRESSIONS, GRU_RACE_DRIVER)
