@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cell
+from .files import atomic_write
 
 SIZES_N = (1, 8, 64, 256)
 SIZES_H = (128, 512, 1024)
@@ -264,7 +265,7 @@ def plot(path, sizes, backends, times, cross, note):
     ax.set_title("npylstm: one LSTM cell step" + (f"\n{note}" if note else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -323,7 +324,7 @@ def run(args):
                          "gpu": "cupyx.profiler.benchmark, CUDA events, median"},
               "matched_rtol": MATCH_RTOL, "mismatched": sorted(failed), "crossover_NH": cross,
               "rows": [{"N": N, "H": H, "D": H, **{b: times.get((b, N, H)) for b in backends}} for N, H in sizes]}
-    (out / "bench.json").write_text(json.dumps(record, indent=2))
+    atomic_write(out / "bench.json", lambda f: f.write(json.dumps(record, indent=2).encode()))
     print(f"wrote {out / 'bench.json'}")
     if not args.no_plot:
         missing = "no GPU rows: " + next(n for n in notes if n.startswith("GPU")).split(": ", 2)[-1][:70] \

@@ -25,11 +25,11 @@ and corrupted files), then validates the config, every shape and dtype, before i
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from .checks import check_positive_int
+from .files import atomic_write
 from .layers import Linear
 from .gru import GRU
 from .lstm import LSTM
@@ -90,21 +90,7 @@ def _digest(arrays):
 
 def _atomic_savez(path, arrays):
     """np.savez into a temp file in path's directory, fsync, os.replace over path; no temp file survives a failure."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path):

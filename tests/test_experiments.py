@@ -153,9 +153,11 @@ def test_alphabet_datasets(name):
 def test_gates_command(gates_run):
     code, out, model = gates_run
     assert code == 0
-    assert_png(out / "gates.png")
-    results = load_json(out / "gates.json")
-    acts = np.load(out / "gates.npz")
+    stem = "gates" if model == "alphabet" else f"gates_{model}"   # one name per model: runs never overwrite
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}.{ext}" for ext in ("json", "npz", "png"))
+    assert_png(out / f"{stem}.png")
+    results = load_json(out / f"{stem}.json")
+    acts = np.load(out / f"{stem}.npz")
     assert sorted(acts.files) == sorted(gates.FIELDS)
     T, H = results["steps"], results["units"]
     assert all(acts[k].shape == (T, H) for k in gates.FIELDS)

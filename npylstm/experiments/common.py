@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from npylstm.files import atomic_write
 from npylstm.gru import GRU
 from npylstm.lstm import LSTM
 
@@ -210,10 +211,8 @@ def write_json(path, results):
         if isinstance(o, np.ndarray):
             return o.tolist()
         raise TypeError(f"write_json: cannot serialise {type(o).__name__}")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2, default=default)
-        f.write("\n")
-    return path
+    text = json.dumps(results, indent=2, default=default) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def pyplot():
@@ -229,6 +228,6 @@ def pyplot():
 
 def save_figure(fig, path):
     plt = pyplot()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path

@@ -22,6 +22,7 @@ import numpy as np
 
 from npylstm.cell import step_forward
 from npylstm.checks import as_float_array
+from npylstm.files import atomic_write
 from npylstm.lstm import LSTM, param_names
 
 from . import common
@@ -119,7 +120,7 @@ def plot_gates(acts, path=None, *, title=None, time_labels=None, time_axis=None)
     if title:
         fig.suptitle(title)
     if path is not None:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     return fig
 
 
@@ -175,10 +176,9 @@ def _run(args):
     out = common.out_dir(args)
     with common.Timer() as tm:
         acts, info, plot_kw = (_alphabet if args.model == "alphabet" else _sine)(args)
-    png = os.path.join(out, "gates.png")
-    common.save_figure(plot_gates(acts, **plot_kw), png)
-    npz = os.path.join(out, "gates.npz")
-    np.savez(npz, **acts)
+    stem = "gates" if args.model == "alphabet" else f"gates_{args.model}"   # the two models never overwrite each other
+    png = common.save_figure(plot_gates(acts, **plot_kw), os.path.join(out, f"{stem}.png"))
+    npz = atomic_write(os.path.join(out, f"{stem}.npz"), lambda f: np.savez(f, **acts))
     T, H = acts["H"].shape
     results = {"command": "gates", "config": {"seed": args.seed, "quick": args.quick, "device": args.device,
                                               "model": args.model},
@@ -186,7 +186,7 @@ def _run(args):
                "mean": {k: float(v.mean()) for k, v in acts.items()},
                "saturated_fraction": {k: float(np.mean((acts[k] < 0.05) | (acts[k] > 0.95))) for k in ("I", "F", "O")},
                "seconds": tm.seconds}
-    js = common.write_json(os.path.join(out, "gates.json"), results)
+    js = common.write_json(os.path.join(out, f"{stem}.json"), results)
     print(f"{info['model']}; {T} steps x {H} units")
     if "predicted_next" in info:
         print(f"fed A..Z, predicts next: {info['predicted_next']}")
