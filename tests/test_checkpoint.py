@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import npylstm
-from npylstm import LSTM, SGD, Adam, Linear, Sequential, load, stream_batches
+from npylstm import LSTM, SGD, Adam, Linear, Sequential, load
 from npylstm.checkpoint import _digest
+
+from model_helpers import assert_same_params, stream
 
 
 def make_model(stateful=False, dtype=np.float32, head=True, return_sequences=False, seed=0, D=2):
@@ -25,18 +27,6 @@ def data(N=12, T=6, D=2, seed=0, return_sequences=False):
     x = rng.normal(size=(N, T, D)).astype(np.float32)
     y = (rng.normal(size=(N, T, D)) if return_sequences else rng.normal(size=(N, D))).astype(np.float32)
     return x, y
-
-
-def stream(N=3, steps=4):
-    t = np.arange(200) * 0.2
-    return stream_batches(np.stack([np.sin(t), np.cos(t)], axis=1).astype(np.float32), N, steps)[:2]
-
-
-def assert_same_params(a, b):
-    pa, pb = a.params, b.params
-    assert pa.keys() == pb.keys()
-    for k in pa:
-        assert pa[k].dtype == pb[k].dtype and np.array_equal(pa[k], pb[k]), k
 
 
 # ---------------------------------------------------------------- round trips

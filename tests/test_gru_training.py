@@ -12,114 +12,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from npylstm import GRU, LSTM, SGD, Adam, Linear, Sequential, cross_entropy_loss, load, mse_loss, stream_batches
+from npylstm import GRU, LSTM, SGD, Adam, Linear, Sequential, load, stream_batches
 from npylstm import cli
 from npylstm.checkpoint import _digest
 from npylstm.experiments import alphabet, common, gate_activations
 
-FD_EPS = 1e-6      # central-difference step: truncation O(eps²) ≈ 1e-12, rounding ≈ 1e-16 / eps ≈ 1e-10
-FD_RTOL = 1e-6     # relative error per tensor, hand-written BPTT vs central differences, float64
-FD_ATOL = 1e-9     # ... or absolute: a gradient vanishing through a stack of tiny layers sits near the
-                   # differences' rounding noise, ~1e-16 · |loss| / eps ≈ 1e-10 · |loss|
+from model_helpers import assert_same_params, build, check_model_gradients, stream
+
 EXACT_RTOL = 1e-12  # float64: chunked and whole runs do the same operations; only BLAS blocking may differ
 STATEFUL_SEEDS = (1, 2, 3)
 
 # a layer spec: "lstm", or ("gru", reset_after)
 CELL_SPECS = ["lstm", ("gru", True), ("gru", False)]
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    d = np.abs(a - b)
-    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), np.finfo(np.float64).tiny)
-    where = np.unravel_index(int(d.argmax()), d.shape) if d.size else ()
-    return float(d.max(initial=0.0) / scale), where
-
-
-def numerical_grad(f, a, eps=FD_EPS):
-    g = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + eps
-        fp = f()
-        a[idx] = old - eps
-        fm = f()
-        a[idx] = old
-        g[idx] = (fp - fm) / (2 * eps)
-    return g
-
-
-def padding_mask(rng, N, T, padding):
-    """(N, T) bool: each row has a drawn length in [1, T], its real steps at the end (pre) or start (post)."""
-    lengths = rng.integers(1, T + 1, size=N)
-    t = np.arange(T)[None, :]
-    return t >= T - lengths[:, None] if padding == "pre" else t < lengths[:, None]
-
-
-def make_layer(spec, n_in, H, rng, num_layers=1, batch_first=True, dtype=np.float64):
-    seed = int(rng.integers(2**31))
-    if spec == "lstm":
-        return LSTM(n_in, H, num_layers=num_layers, batch_first=batch_first, dtype=dtype, seed=seed,
-                    forget_bias=1.0)
-    return GRU(n_in, H, num_layers=num_layers, batch_first=batch_first, dtype=dtype, seed=seed,
-               reset_after=spec[1])
-
-
-def build(rng, D, specs, sizes, num_layers0, batch_firsts, head_out, return_sequences, stateful, dtype=np.float64):
-    layers, n_in = [], D
-    for k, (spec, H, bf) in enumerate(zip(specs, sizes, batch_firsts)):
-        layers.append(make_layer(spec, n_in, H, rng, num_layers0 if k == 0 else 1, bf, dtype))
-        n_in = H
-    if head_out:
-        layers.append(Linear(n_in, head_out, dtype=dtype, seed=int(rng.integers(2**31))))
-    return Sequential(layers, return_sequences=return_sequences, stateful=stateful, seed=0)
-
-
-def random_states(model, N, rng):
-    """A drawn, non-zero state per recurrent layer in its own form: (h, c) for an LSTM, h for a GRU."""
-    states = []
-    for layer in model.rnns:
-        st_ = tuple(rng.normal(size=(layer.num_layers, N, layer.hidden_size)) for _ in layer.state_names)
-        states.append(st_[0] if len(st_) == 1 else st_)
-    return states
-
-
-# ---------------------------------------------------------------- gradients, end to end
-def check_model_gradients(N, T, D, specs, sizes, num_layers0, batch_firsts, head, return_sequences, padding, loss,
-                          stateful, seed):
-    """Every parameter of every layer and the input x against central differences of the loss."""
-    rng = np.random.default_rng(seed)
-    model = build(rng, D, specs, sizes, num_layers0, batch_firsts, 3 if head else 0, return_sequences, stateful)
-    x = rng.normal(size=(N, T, D))
-    mask = None if padding is None else padding_mask(rng, N, T, padding)
-    out_shape = (N, T, model.output_size) if return_sequences else (N, model.output_size)
-    loss_mask = mask if return_sequences else None
-    y = rng.normal(size=out_shape) if loss == "mse" else rng.integers(0, model.output_size, size=out_shape[:-1])
-    loss_fn = mse_loss if loss == "mse" else cross_entropy_loss
-    states0 = random_states(model, N, rng) if stateful else None   # held constant (truncated BPTT)
-
-    def f():
-        if stateful:
-            model.states = states0
-        return loss_fn(model.forward(x, mask), y, loss_mask)[0]
-
-    if stateful:
-        model.states = states0
-    out = model.forward(x, mask)
-    _, dout = loss_fn(out, y, loss_mask)
-    model.zero_grad()
-    dx = model.backward(dout)
-    grads = {k: v.copy() for k, v in model.grads.items()}
-    checks = [("x", dx, x)] + [(k, grads[k], p) for k, p in model.params.items()]
-    for name, analytic, arr in checks:
-        numeric = numerical_grad(f, arr)
-        err, where = rel_err(analytic, numeric)
-        abs_err = float(np.abs(analytic - numeric).max())
-        assert err <= FD_RTOL or abs_err <= FD_ATOL, (
-            f"{name}: relative error {err:.3g} > {FD_RTOL:g} and max abs error {abs_err:.3g} > {FD_ATOL:g}; "
-            f"worst at {where}: analytic {analytic[where]!r}, numeric {numeric[where]!r}")
-    if mask is not None:
-        assert not dx[~mask].any(), "padding steps must get no gradient"
 
 
 @settings(max_examples=12, deadline=None)
@@ -237,18 +141,6 @@ def ckpt_model(stateful=False, return_sequences=False, seed=0, dtype=np.float32)
 def data(N=12, T=6, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(N, T, 2)).astype(np.float32), rng.normal(size=(N, 2)).astype(np.float32)
-
-
-def stream(N=3, steps=4):
-    t = np.arange(200) * 0.2
-    return stream_batches(np.stack([np.sin(t), np.cos(t)], axis=1).astype(np.float32), N, steps)[:2]
-
-
-def assert_same_params(a, b):
-    pa, pb = a.params, b.params
-    assert pa.keys() == pb.keys()
-    for k in pa:
-        assert pa[k].dtype == pb[k].dtype and np.array_equal(pa[k], pb[k]), k
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

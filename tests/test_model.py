@@ -5,40 +5,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from npylstm import LSTM, SGD, Adam, Linear, Sequential, cross_entropy_loss, mse_loss, one_hot
-from npylstm.gradcheck import numeric_gradient
+from npylstm import LSTM, SGD, Adam, Linear, Sequential, mse_loss, one_hot
 
-FD_EPS = 1e-6      # central-difference step: truncation O(eps²) ≈ 1e-12, rounding ≈ 1e-16 / eps ≈ 1e-10
-FD_RTOL = 1e-6     # relative error per tensor, hand-written BPTT vs central differences, float64
-FD_ATOL = 1e-9     # ... or an absolute one: a tensor whose gradient is ~1e-6 (vanishing through a stack of H=1
-                   # layers) sits near the differences' rounding noise, ~1e-16 · |loss| / eps ≈ 1e-10 · |loss|
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    d = np.abs(a - b)
-    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), np.finfo(np.float64).tiny)
-    where = np.unravel_index(int(d.argmax()), d.shape) if d.size else ()
-    return float(d.max(initial=0.0) / scale), where
-
-
-def padding_mask(rng, N, T, padding):
-    """(N, T) bool: each row has a drawn length in [1, T], its real steps at the end (pre) or start (post)."""
-    lengths = rng.integers(1, T + 1, size=N)
-    t = np.arange(T)[None, :]
-    return t >= T - lengths[:, None] if padding == "pre" else t < lengths[:, None]
-
+import model_helpers
+from model_helpers import padding_mask
 
 def build(rng, D, sizes, num_layers0, batch_firsts, head_out, return_sequences, stateful, dtype=np.float64):
-    layers = []
-    n_in = D
-    for k, (H, bf) in enumerate(zip(sizes, batch_firsts)):
-        layers.append(LSTM(n_in, H, num_layers=num_layers0 if k == 0 else 1, batch_first=bf, dtype=dtype,
-                           seed=int(rng.integers(2**31))))
-        n_in = H
-    if head_out:
-        layers.append(Linear(n_in, head_out, dtype=dtype, seed=int(rng.integers(2**31))))
-    return Sequential(layers, return_sequences=return_sequences, stateful=stateful, seed=0)
+    """An LSTM-only stack (model_helpers.build with every layer an LSTM)."""
+    return model_helpers.build(rng, D, ["lstm"] * len(sizes), sizes, num_layers0, batch_firsts, head_out,
+                               return_sequences, stateful, dtype)
 
 
 @settings(max_examples=12, deadline=None)
@@ -63,46 +38,9 @@ def test_masked_sequence_gradients_match_finite_differences(padding, return_sequ
 
 def check_model_gradients(N, T, D, sizes, num_layers0, batch_firsts, head, return_sequences, padding, loss,
                           stateful, seed):
-    """Every parameter of every layer and the input x against central differences of the loss."""
-    rng = np.random.default_rng(seed)
-    model = build(rng, D, sizes, num_layers0, batch_firsts, 3 if head else 0, return_sequences, stateful)
-    x = rng.normal(size=(N, T, D))
-    mask = None if padding is None else padding_mask(rng, N, T, padding)
-    out_shape = (N, T, model.output_size) if return_sequences else (N, model.output_size)
-    loss_mask = mask if return_sequences else None
-    if loss == "mse":
-        y = rng.normal(size=out_shape)
-    else:
-        y = rng.integers(0, model.output_size, size=out_shape[:-1])
-    loss_fn = mse_loss if loss == "mse" else cross_entropy_loss
-    # stateful: a drawn, non-zero incoming state, held constant (truncated BPTT)
-    states0 = None
-    if stateful:
-        states0 = [(rng.normal(size=(layer.num_layers, N, layer.hidden_size)),
-                    rng.normal(size=(layer.num_layers, N, layer.hidden_size))) for layer in model.lstms]
-
-    def f():
-        if stateful:
-            model.states = states0
-        return loss_fn(model.forward(x, mask), y, loss_mask)[0]
-
-    if stateful:
-        model.states = states0
-    out = model.forward(x, mask)
-    _, dout = loss_fn(out, y, loss_mask)
-    model.zero_grad()
-    dx = model.backward(dout)
-    grads = {k: v.copy() for k, v in model.grads.items()}
-    checks = [("x", dx, x)] + [(k, grads[k], p) for k, p in model.params.items()]
-    for name, analytic, arr in checks:
-        numeric = numeric_gradient(f, arr, FD_EPS)
-        err, where = rel_err(analytic, numeric)
-        abs_err = float(np.abs(analytic - numeric).max())
-        assert err <= FD_RTOL or abs_err <= FD_ATOL, (
-            f"{name}: relative error {err:.3g} > {FD_RTOL:g} and max abs error {abs_err:.3g} > {FD_ATOL:g}; "
-            f"worst at {where}: analytic {analytic[where]!r}, numeric {numeric[where]!r}")
-    if mask is not None:
-        assert not dx[~mask].any(), "padding steps must get no gradient"
+    """model_helpers.check_model_gradients on an LSTM-only stack."""
+    model_helpers.check_model_gradients(N, T, D, ["lstm"] * len(sizes), sizes, num_layers0, batch_firsts, head,
+                                        return_sequences, padding, loss, stateful, seed)
 
 
 @pytest.mark.parametrize("padding", ["pre", "post"])
