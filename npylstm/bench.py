@@ -314,7 +314,7 @@ def run(args):
     gpu_ok = [b for b in dev if b not in failed and b != "torch-cuda"]
     cross = crossover(sizes, times, gpu_ok) if gpu_ok else None
     if gpu_ok:
-        print(f"CPU/GPU crossover (npylstm kernels vs NumPy): "
+        print("CPU/GPU crossover (npylstm kernels vs NumPy): "
               + (f"the GPU is faster from N·H = {cross}" if cross is not None else "the GPU never wins here"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

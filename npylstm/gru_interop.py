@@ -8,12 +8,10 @@ bias (2, 3H) = [input bias; recurrent bias] with reset_after=True, or one bias (
 reset_after=False (there only b_x + b_h matters). Import swaps the z and r blocks; export too.
 """
 
-import re
-
 import numpy as np
 
 from .gru import GRU, gru_param_names
-from .interop import _to_numpy
+from .interop import _to_numpy, set_params, torch_layers
 
 
 def _swap_rz(a):
@@ -29,37 +27,15 @@ def gru_from_torch(module_or_state_dict, **gru_options):
     weights' dtype. reset_after must stay True: it is the only GRU PyTorch has.
     """
     where = "gru_from_torch"
-    obj = module_or_state_dict
-    sd = obj.state_dict() if hasattr(obj, "state_dict") else obj
-    if not hasattr(sd, "keys"):
-        raise ValueError(f"{where}: expected an nn.GRU or its state_dict, got {type(obj).__name__}")
     if not gru_options.get("reset_after", True):
         raise ValueError(f"{where}: reset_after must be True: nn.GRU applies the reset gate after the product")
-    sd = {k: _to_numpy(v) for k, v in sd.items()}
-    unsupported = [k for k in sd if k.endswith("_reverse")]
-    if unsupported:
-        raise ValueError(f"{where}: bidirectional GRUs are not supported, found {unsupported}")
-    layers = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"weight_ih_l(\d+)", k)))
-    if not layers or layers != list(range(len(layers))):
-        raise ValueError(f"{where}: expected keys weight_ih_l0, weight_hh_l0, ... , got {sorted(sd)}")
-    W_ih, W_hh = sd["weight_ih_l0"], sd["weight_hh_l0"]
-    if W_hh.ndim != 2 or W_hh.shape[0] != 3 * W_hh.shape[1]:
-        raise ValueError(f"{where}: weight_hh_l0 has shape {W_hh.shape}, expected (3H, H)")
-    if hasattr(obj, "batch_first"):
-        gru_options.setdefault("batch_first", obj.batch_first)
-    if W_ih.dtype.kind == "f":
-        gru_options.setdefault("dtype", W_ih.dtype)
-    H = W_hh.shape[1]
-    gru = GRU(W_ih.shape[1], H, num_layers=len(layers), **gru_options)
-    for layer in layers:
-        zeros = np.zeros(3 * H)
-        values = (sd[f"weight_ih_l{layer}"].T, sd[f"weight_hh_l{layer}"].T,
-                  sd.get(f"bias_ih_l{layer}", zeros), sd.get(f"bias_hh_l{layer}", zeros))
-        for name, value in zip(gru_param_names(layer), values):
-            if value.shape != gru.params[name].shape:
-                raise ValueError(f"{where}: layer {layer} gives {name} shape {value.shape}, "
-                                 f"expected {gru.params[name].shape}")
-            gru.params[name] = np.ascontiguousarray(value, dtype=gru.dtype)
+    sd, L, D, H = torch_layers(where, module_or_state_dict, "nn.GRU", 3, gru_options)
+    gru = GRU(D, H, num_layers=L, **gru_options)
+    zeros = np.zeros(3 * H)
+    for layer in range(L):
+        set_params(where, gru, layer, gru_param_names(layer),
+                   (sd[f"weight_ih_l{layer}"].T, sd[f"weight_hh_l{layer}"].T,
+                    sd.get(f"bias_ih_l{layer}", zeros), sd.get(f"bias_hh_l{layer}", zeros)))
     return gru
 
 

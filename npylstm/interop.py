@@ -20,6 +20,42 @@ def _to_numpy(v):
     return np.asarray(v)
 
 
+def torch_layers(where, obj, module_name, blocks, options):
+    """Read an nn.LSTM / nn.GRU (or its state_dict) for a from_torch: returns (sd, L, D, H).
+
+    sd maps PyTorch's keys to NumPy arrays; `blocks` is the number of gate blocks (4 LSTM, 3 GRU).
+    Fills batch_first (the module's) and dtype (the weights') into `options` unless given there.
+    Refuses bidirectional modules, proj_size, and layer keys that are not 0 .. L-1.
+    """
+    sd = obj.state_dict() if hasattr(obj, "state_dict") else obj
+    if not hasattr(sd, "keys"):
+        raise ValueError(f"{where}: expected an {module_name} or its state_dict, got {type(obj).__name__}")
+    sd = {k: _to_numpy(v) for k, v in sd.items()}
+    unsupported = [k for k in sd if k.endswith("_reverse") or k.startswith("weight_hr")]
+    if unsupported:
+        raise ValueError(f"{where}: bidirectional modules and proj_size are not supported, found {unsupported}")
+    layers = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"weight_ih_l(\d+)", k)))
+    if not layers or layers != list(range(len(layers))):
+        raise ValueError(f"{where}: expected keys weight_ih_l0, weight_hh_l0, ... , got {sorted(sd)}")
+    W_ih, W_hh = sd["weight_ih_l0"], sd.get("weight_hh_l0", np.zeros(0))
+    if W_hh.ndim != 2 or W_hh.shape[0] != blocks * W_hh.shape[1]:
+        raise ValueError(f"{where}: weight_hh_l0 has shape {W_hh.shape}, expected ({blocks}H, H)")
+    if hasattr(obj, "batch_first"):
+        options.setdefault("batch_first", obj.batch_first)
+    if W_ih.dtype.kind == "f":
+        options.setdefault("dtype", W_ih.dtype)
+    return sd, len(layers), W_ih.shape[1], W_hh.shape[1]
+
+
+def set_params(where, layer_obj, layer, names, values):
+    """layer_obj.params[name] = value (in its dtype, contiguous) for one layer, refusing a wrong shape."""
+    for name, value in zip(names, values):
+        if value.shape != layer_obj.params[name].shape:
+            raise ValueError(f"{where}: layer {layer} gives {name} shape {value.shape}, "
+                             f"expected {layer_obj.params[name].shape}")
+        layer_obj.params[name] = np.ascontiguousarray(value, dtype=layer_obj.dtype)
+
+
 def from_torch(module_or_state_dict, **lstm_options):
     """An LSTM holding the weights of a torch.nn.LSTM (or of its state_dict).
 
@@ -27,37 +63,13 @@ def from_torch(module_or_state_dict, **lstm_options):
     weights' dtype.
     """
     where = "from_torch"
-    obj = module_or_state_dict
-    sd = obj.state_dict() if hasattr(obj, "state_dict") else obj
-    if not hasattr(sd, "keys"):
-        raise ValueError(f"{where}: expected an nn.LSTM or its state_dict, got {type(obj).__name__}")
-    sd = {k: _to_numpy(v) for k, v in sd.items()}
-    unsupported = [k for k in sd if k.endswith("_reverse") or k.startswith("weight_hr")]
-    if unsupported:
-        raise ValueError(f"{where}: bidirectional LSTMs and proj_size are not supported, found {unsupported}")
-    layers = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"weight_ih_l(\d+)", k)))
-    if not layers or layers != list(range(len(layers))):
-        raise ValueError(f"{where}: expected keys weight_ih_l0, weight_hh_l0, ... , got {sorted(sd)}")
-    W_ih, W_hh = sd["weight_ih_l0"], sd["weight_hh_l0"]
-    if W_hh.ndim != 2 or W_hh.shape[0] != 4 * W_hh.shape[1]:
-        raise ValueError(f"{where}: weight_hh_l0 has shape {W_hh.shape}, expected (4H, H)")
-    if hasattr(obj, "batch_first"):
-        lstm_options.setdefault("batch_first", obj.batch_first)
-    if W_ih.dtype.kind == "f":
-        lstm_options.setdefault("dtype", W_ih.dtype)
-    H = W_hh.shape[1]
-    lstm = LSTM(W_ih.shape[1], H, num_layers=len(layers), **lstm_options)
-    for layer in layers:
-        n_x, n_h, n_b = param_names(layer)
-        b = np.zeros(4 * H)
-        for key in (f"bias_ih_l{layer}", f"bias_hh_l{layer}"):
-            if key in sd:
-                b = b + sd[key]
-        for name, value in ((n_x, sd[f"weight_ih_l{layer}"].T), (n_h, sd[f"weight_hh_l{layer}"].T), (n_b, b)):
-            if value.shape != lstm.params[name].shape:
-                raise ValueError(f"{where}: layer {layer} gives {name} shape {value.shape}, "
-                                 f"expected {lstm.params[name].shape}")
-            lstm.params[name] = np.ascontiguousarray(value, dtype=lstm.dtype)
+    sd, L, D, H = torch_layers(where, module_or_state_dict, "nn.LSTM", 4, lstm_options)
+    lstm = LSTM(D, H, num_layers=L, **lstm_options)
+    zeros = np.zeros(4 * H)
+    for layer in range(L):
+        b = sd.get(f"bias_ih_l{layer}", zeros) + sd.get(f"bias_hh_l{layer}", zeros)
+        set_params(where, lstm, layer, param_names(layer),
+                   (sd[f"weight_ih_l{layer}"].T, sd[f"weight_hh_l{layer}"].T, b))
     return lstm
 
 

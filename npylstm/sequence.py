@@ -166,7 +166,7 @@ def sequence_backward(dY, dh_T, dc_T, cache):
     ifg_, o_ = dA4[:, :, 0:3], dA4[:, :, 3]             # [i | f | g] (T, N, 3, H) and o (T, N, H) views
     dH = np.array(dh_T, dtype=dtype)                    # carried back through time
     dC = np.array(dc_T, dtype=dtype)
-    dH_, dC_ = dH[:, None, :], dC[:, None, :]           # (N, 1, H) views that broadcast over gate blocks
+    dC_ = dC[:, None, :]                                # (N, 1, H) view that broadcasts over gate blocks
     F_ = gates[:, :, H:2 * H]                           # F of every step: dC_prev = dC ⊙ F
     if m is not None:
         F_ = np.empty((T, N, H), dtype)                 # F on real steps, 1 on masked ones
