@@ -166,13 +166,8 @@ class Recurrent:
                 f"of each batch continues row i of the previous one, so the batch size cannot change. "
                 f"Call reset_states(batch_size={N}) to start over with {N} rows.")
         if state is not None:
-            names = [f"{s}0" for s in self.state_names]
-            given = self._unpack(where, self.state_arg, state, names)
-            states = tuple(gpu.to_device(as_float_array(where, n, s, self.dtype), self.device)
-                           for n, s in zip(names, given))
-            for n, s in zip(names, states):
-                check_shape(where, n, s, state_shape)
-            states = tuple(s.reshape(L, N, H) for s in states)
+            states = self._read_states(where, self.state_arg, state, [f"{s}0" for s in self.state_names],
+                                       state_shape, (L, N, H))
         elif self.stateful and self._state is not None:
             states = self._state
         else:
@@ -206,6 +201,14 @@ class Recurrent:
             finals = tuple(f[:, 0] for f in finals)
         return y, self._pack(finals)
 
+    def _read_states(self, where, arg, value, names, shape, layer_shape):
+        """The state tensors given as `arg` (validated, on the layer's device), each reshaped to layer_shape."""
+        given = self._unpack(where, arg, value, names)
+        states = tuple(gpu.to_device(as_float_array(where, n, s, self.dtype), self.device) for n, s in zip(names, given))
+        for n, s in zip(names, states):
+            check_shape(where, n, s, shape)
+        return tuple(s.reshape(layer_shape) for s in states)
+
     def _backward(self, dy, dstate):
         """dx, gradients on the initial states (packed); adds the parameter gradients to grads."""
         where = f"{self.name}.backward"
@@ -219,13 +222,8 @@ class Recurrent:
         dy = gpu.to_device(as_float_array(where, "dy", dy, self.dtype), self.device)
         check_shape(where, "dy", dy, y_shape)
         if dstate is not None:
-            names = [f"d{s}_n" for s in self.state_names]
-            given = self._unpack(where, self.dstate_arg, dstate, names)
-            dstates = tuple(gpu.to_device(as_float_array(where, n, s, self.dtype), self.device)
-                            for n, s in zip(names, given))
-            for n, s in zip(names, dstates):
-                check_shape(where, n, s, state_shape)
-            dstates = tuple(s.reshape(L, N, H) for s in dstates)
+            dstates = self._read_states(where, self.dstate_arg, dstate, [f"d{s}_n" for s in self.state_names],
+                                        state_shape, (L, N, H))
         else:
             dstates = (xp.zeros((L, N, H), self.dtype),) * len(self.state_names)
 

@@ -83,6 +83,20 @@ def _check(name, got, want, rtol, floor=None):
                              f"worst (where, got, want): {pairs}")
 
 
+def gpu_numeric_gradient(loss, a):
+    """Central differences of the scalar loss() w.r.t. the device array a (perturbed in place, restored)."""
+    numeric = np.empty(a.shape)
+    for i in np.ndindex(a.shape):
+        keep = float(a[i])
+        a[i] = keep + FD_STEP
+        up = loss()
+        a[i] = keep - FD_STEP
+        down = loss()
+        a[i] = keep
+        numeric[i] = (up - down) / (2 * FD_STEP)
+    return numeric
+
+
 def _inputs(rng, dtype, *shapes):
     """float arrays of `dtype` (the GPU's inputs) and the same values in float64 (the reference's)."""
     arrays = [rng.normal(size=s).astype(dtype) for s in shapes]
@@ -162,16 +176,7 @@ def test_backward_matches_finite_differences_on_the_gpu(cp, kernel, arg):
 
     _, _, _, cache = gpu.sequence_forward(*args.values(), kernel=kernel)
     grads = dict(zip(["x", "h0", "c0", "W_x", "W_h", "b"], gpu.sequence_backward(dY, dh, dc, cache)))
-    a = args[arg]
-    numeric = np.empty(a.shape)
-    for i in np.ndindex(a.shape):
-        keep = float(a[i])
-        a[i] = keep + FD_STEP
-        up = loss()
-        a[i] = keep - FD_STEP
-        down = loss()
-        a[i] = keep
-        numeric[i] = (up - down) / (2 * FD_STEP)
+    numeric = gpu_numeric_gradient(loss, args[arg])
     _check(f"d{arg}", grads[arg], numeric, FD_RTOL, floor=FD_FLOOR)
 
 
@@ -356,16 +361,7 @@ def test_gru_backward_matches_finite_differences_on_the_gpu(cp, kernel, reset_af
 
     _, _, cache = gru_gpu.gru_sequence_forward(*args.values(), reset_after=reset_after, kernel=kernel)
     grads = dict(zip(GRU_ARGS, gru_gpu.gru_sequence_backward(dY, dh, cache)))
-    a = args[arg]
-    numeric = np.empty(a.shape)
-    for i in np.ndindex(a.shape):
-        keep = float(a[i])
-        a[i] = keep + FD_STEP
-        up = loss()
-        a[i] = keep - FD_STEP
-        down = loss()
-        a[i] = keep
-        numeric[i] = (up - down) / (2 * FD_STEP)
+    numeric = gpu_numeric_gradient(loss, args[arg])
     _check(f"d{arg}", grads[arg], numeric, FD_RTOL, floor=FD_FLOOR)
 
 
