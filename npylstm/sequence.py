@@ -16,12 +16,20 @@ written to make few calls:
   at once, outside the step loop (a chunk is ~1 MiB: all of T for small sizes). In the loop, dC
   finishes the adjacent [i | f | g] blocks with one broadcast product, dH the o block, and dA is
   then ready for the products. (P lives in its own array: inside the dA rows it made one call fewer
-  but the per-step product on strided rows cost 10-20 % more with two BLAS threads.)
-* input sizes: D = 1 makes the hoisted product an outer product (OpenBLAS is 3.5x slower at K = 1);
-  otherwise the bias rides in the product as a column of ones.
+  but the per-step product on strided rows cost 10-20 % more with two BLAS threads.) The factors
+  are written for whole contiguous rows where the math allows: σ(1 − σ) and 1 − C̃² are both
+  gate (alpha − gate) + beta, and P = O − H tanh C (H = O tanh C is stored): 8 calls a chunk, 3 of
+  them on strided gate blocks, where the direct transcription made 11, 9 strided (1.6x slower).
+* tried and measured slower (2-20 %): the whole loop feature-major, (4H, N) per step, which gives
+  contiguous gate blocks and OpenBLAS's faster (4H×H)(H×N) shape, but then the weight products
+  after the loop need the steps side by side, (4H, T·N): strided per-step rows or a transposing copy.
+* the bias rides in the hoisted product as a column of ones, X1 = [X | 1], for every D (D = 1 too:
+  a broadcast pass adding b, or an outer product, is 4-7x slower than OpenBLAS at K = 2); after
+  the loop the same column gives db inside dW_x's product, [dW_x ; db] = X1ᵀ dA (a sum over T·N rows
+  is 2x slower than that product).
 
 NumPy calls per time step (no mask): forward 10 (1 product + 9 ufuncs); backward 7 (1 product + 6
-ufuncs) plus 11 per chunk of steps. The plain version made 10 and 17, plus gate_blocks calls (one
+ufuncs) plus 8 per chunk of steps. The plain version made 10 and 17, plus gate_blocks calls (one
 forward, two backward) and ~10 array indexings per step; the loops now zip over per-step views. A
 mask adds 2 calls per step each way.
 
@@ -42,20 +50,23 @@ from .cell import gate_blocks
 CHUNK_BYTES = 1 << 20   # backward factors are computed this many bytes of [i|f|g|o|P] at a time (~ L2)
 
 
+def _block_vector(H, dtype, sigmoid_value, tanh_value):
+    """(4H,) vector holding sigmoid_value on the i, f, o blocks and tanh_value on the g block."""
+    v = np.full(4 * H, sigmoid_value, dtype=dtype)
+    v[2 * H:3 * H] = tanh_value
+    return v
+
+
 def _gate_vectors(H, dtype):
     """(4H,) vectors: SCALE = [1/2, 1/2, 1, 1/2] per gate block, SHIFT = [1/2, 1/2, 0, 1/2].
 
     gate = SCALE * tanh(SCALE * A) + SHIFT is sigmoid(A) on the i, f, o blocks and tanh(A) on g.
     """
-    scale = np.full(4 * H, 0.5, dtype=dtype)
-    scale[2 * H:3 * H] = 1.0
-    shift = np.full(4 * H, 0.5, dtype=dtype)
-    shift[2 * H:3 * H] = 0.0
-    return scale, shift
+    return _block_vector(H, dtype, 0.5, 1.0), _block_vector(H, dtype, 0.5, 0.0)
 
 
 class SequenceCache(NamedTuple):
-    x: np.ndarray                 # (T, N, D)
+    X1: np.ndarray                # (T·N, D+1)   [X | 1]: x's rows and a column of ones
     W_x: np.ndarray               # (D, 4H)
     W_h: np.ndarray               # (H, 4H)
     Hs: np.ndarray                # (T+1, N, H)  H_0 .. H_T   (Hs[0] = h0)
@@ -75,14 +86,10 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
     dtype = x.dtype
     scale, shift = _gate_vectors(H, dtype)
     W_h_scaled = W_h * scale                                             # (H, 4H)
-    if D == 1:                                          # an outer product: 3.5x faster than OpenBLAS at K = 1
-        gates = np.multiply(x.reshape(T * N, 1), W_x * scale).reshape(T, N, 4 * H)
-        gates += b * scale
-    else:                                               # hoisted input product, all T steps at once, and the
-        x1 = np.empty((T * N, D + 1), dtype)            # bias through a column of ones: [X | 1] [W_x ; b]
-        x1[:, :D] = x.reshape(T * N, D)                 # (copying x is 4H/D times cheaper than a pass adding b)
-        x1[:, D] = 1
-        gates = (x1 @ (np.concatenate([W_x, b[None, :]]) * scale)).reshape(T, N, 4 * H)
+    X1 = np.empty((T * N, D + 1), dtype)                # hoisted input product, all T steps at once, with the
+    X1[:, :D] = x.reshape(T * N, D)                     # bias through a column of ones: [X | 1] [W_x ; b]
+    X1[:, D] = 1                                        # (4-7x faster than a broadcast pass adding b, D = 1 too)
+    gates = (X1 @ (np.concatenate([W_x, b[None, :]]) * scale)).reshape(T, N, 4 * H)
     scale, shift = (np.ascontiguousarray(np.broadcast_to(v, (N, 4 * H))) for v in (scale, shift))  # (N, 4H):
     # same-shape operands take NumPy's fastest loop (a broadcast (4H,) vector costs 2x per call)
     I_, F_, C_tilde_, O_ = gate_blocks(gates)                            # (T, N, H) views, one per gate
@@ -110,39 +117,39 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
         if keep is not None:                            # masked rows keep (H, C) of the step before
             np.copyto(h, h_prev, where=keep[t])
             np.copyto(c, c_prev, where=keep[t])
-    cache = SequenceCache(x, W_x, W_h, Hs, Cs, gates, tanh_C, m)
+    cache = SequenceCache(X1, W_x, W_h, Hs, Cs, gates, tanh_C, m)
     return Hs[1:], Hs[T].copy(), Cs[T].copy(), cache
 
 
-def _backward_factors(q, P, gates, tanh_C, Cs, steps, m=None, F_through=None):
+def _backward_factors(q, P, gates, Hs, Cs, tanh_C, steps, alpha, beta, m=None, F_through=None):
     """Fill q[steps] (k, N, 4H) and P[steps] (k, N, H) with what each step's gradient needs besides dH, dC.
 
     Per step, in GATES order, and P:
         q = [ σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C ],   P = O (1 − tanh² C)
     so that the loop finishes dA_i, dA_f, dA_g with one product by dC, and dA_o with one by dH.
+    alpha, beta : (N, 4H), [1 | 1 | 0 | 1] and [0 | 0 | 1 | 0] per gate block.
     With a mask, masked rows are zeroed (their dA is 0) and F_through[steps] gets F where the step is
     real and 1 where it is masked (dC passes through a masked step).
     """
-    H = tanh_C.shape[-1]
+    k, N, H = tanh_C[steps].shape
     q, P = q[steps], P[steps]                           # (k, N, 4H), (k, N, H) views
     g = gates[steps]
-    I, F, C_tilde, O = gate_blocks(g)
-    qI, qF, qC_tilde, qO = gate_blocks(q)
+    F, O = gate_blocks(g)[1::2]
+    _, qF, _, qO = gate_blocks(q)
     tc = tanh_C[steps]
     # forward: I, F, O = σ(A)  ->  σ'(A) = σ(1 − σ);   forward: C̃ = tanh(A_g)  ->  tanh'(A_g) = 1 − C̃²
-    np.multiply(g, g, out=q)                            # gate²
-    np.subtract(1, qC_tilde, out=qC_tilde)              # 1 − C̃²
-    np.subtract(g[..., :2 * H], q[..., :2 * H], out=q[..., :2 * H])   # σ − σ² on i, f (adjacent: one call)
-    np.subtract(O, qO, out=qO)                          # σ − σ² on o
+    # both are gate (alpha − gate) + beta: three calls over whole rows, none over a strided block
+    np.subtract(alpha, g, out=q)
+    q *= g
+    q += beta
     # forward: C = F ⊙ C_prev + I ⊙ C̃  ->  dA_i = dC ⊙ C̃ σ'_i,  dA_f = dC ⊙ C_prev σ'_f,  dA_g = dC ⊙ I tanh'_g
-    qI *= C_tilde
+    q4, g4 = q.reshape(k, N, 4, H), g.reshape(k, N, 4, H)
+    q4[:, :, 0::2] *= g4[:, :, 2::-2]                   # blocks i, g times C̃, I: one call
     qF *= Cs[steps]
-    qC_tilde *= I
-    # forward: H = O ⊙ tanh(C)  ->  dA_o = dH ⊙ tanh(C) σ'_o,  dC += dH ⊙ O (1 − tanh² C)
+    # forward: H = O ⊙ tanh(C)  ->  dA_o = dH ⊙ tanh(C) σ'_o,  dC += dH ⊙ O (1 − tanh² C) = dH ⊙ (O − H tanh C)
     qO *= tc
-    np.multiply(tc, tc, out=P)
-    np.subtract(1, P, out=P)
-    P *= O
+    np.multiply(Hs[steps.start + 1:steps.stop + 1], tc, out=P)
+    np.subtract(O, P, out=P)
     if m is not None:
         q *= m[steps]
         P *= m[steps]
@@ -155,10 +162,10 @@ def sequence_backward(dY, dh_T, dc_T, cache):
 
     returns dx (T, N, D), dh0 (N, H), dc0 (N, H), dW_x (D, 4H), dW_h (H, 4H), db (4H,)
     """
-    x, W_x, W_h, Hs, Cs, gates, tanh_C, m = cache
-    T, N, D = x.shape
-    H = W_h.shape[0]
-    dtype = x.dtype
+    X1, W_x, W_h, Hs, Cs, gates, tanh_C, m = cache
+    T, N, H = tanh_C.shape
+    D = W_x.shape[0]
+    dtype = gates.dtype
     W_hT = np.ascontiguousarray(W_h.T)                  # (4H, H)
     dA = np.empty((T, N, 4 * H), dtype)                 # every step's dA (first its factors), for the products
     P = np.empty((T, N, H), dtype)                      # O ⊙ (1 − tanh² C) of every step
@@ -172,10 +179,12 @@ def sequence_backward(dY, dh_T, dc_T, cache):
         F_ = np.empty((T, N, H), dtype)                 # F on real steps, 1 on masked ones
         keep = 1 - m                                    # (T, N, 1): 1 where dH, dC pass through
         dH_through = np.empty((N, H), dtype)
+    alpha, beta = (np.ascontiguousarray(np.broadcast_to(_block_vector(H, dtype, a, b), (N, 4 * H)))
+                   for a, b in ((1, 0), (0, 1)))
     chunk = max(1, CHUNK_BYTES // (N * 5 * H * dtype.itemsize))   # steps per chunk of dA and P
     for end in range(T, 0, -chunk):
         start = max(end - chunk, 0)
-        _backward_factors(dA, P, gates, tanh_C, Cs, slice(start, end), m, F_)
+        _backward_factors(dA, P, gates, Hs, Cs, tanh_C, slice(start, end), alpha, beta, m, F_)
         back = slice(end - 1, start - 1 if start else None, -1)                   # steps end-1 .. start
         steps = zip(range(end - 1, start - 1, -1), dY[back], o_[back], P[back], ifg_[back], F_[back], dA[back])
         for t, dY_t, dA_o, P_t, ifg, F, dA_t in steps:  # per-step views; ifg (N, 3, H)
@@ -190,10 +199,9 @@ def sequence_backward(dY, dh_T, dc_T, cache):
             np.dot(dA_t, W_hT, out=dH)                  # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
             if m is not None:
                 dH += dH_through
-    # forward: A = X W_x + H_prev W_h + b, all steps at once  ->  one product each
+    # forward: A = [X | 1] [W_x ; b] + H_prev W_h, all steps at once  ->  one product each
     dA2 = dA.reshape(T * N, 4 * H)
-    dW_x = x.reshape(T * N, D).T @ dA2
+    dW1 = X1.T @ dA2                                    # (D+1, 4H) = [dW_x ; db]  (db as a product: 2x a sum)
     dW_h = Hs[:T].reshape(T * N, H).T @ dA2
-    db = dA2.sum(axis=0)
     dx = (dA2 @ W_x.T).reshape(T, N, D)
-    return dx, dH, dC, dW_x, dW_h, db
+    return dx, dH, dC, dW1[:D], dW_h, dW1[D]
