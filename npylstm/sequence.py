@@ -4,8 +4,13 @@ The math is cell.py's, step for step; this file is where the speed tricks live. 
 step costs what its NumPy calls cost (~0.5-1 µs each, whatever the array size), so the loops are
 written to make few calls:
 
-* the input product X_t W_x (+ b) for all T steps is one matrix product before the loop, and dW_x,
-  dW_h, db and dx are one product each after the backward loop;
+* the cell's product is one: A_t = Z_t W1 with Z_t = [H_{t-1} | X_t | 1] and W1 = [W_h ; W_x ; b]
+  (the bias through a column of ones). Z of every step is kept side by side, (T+1, N, H+D+1), so
+  after the backward loop [dW_h ; dW_x ; db] = Zᵀ dA is one product, and dx = dA W_xᵀ another (a
+  sum for db over T·N rows is 2x slower than riding in the product). Before the loop, the input
+  part [X | 1] [W_x ; b] of all T steps is one product (hoisted) -- unless D is small next to H
+  (4 (D + 1) <= H): then each step's product takes the whole row Z_t, K = H+D+1 instead of H, which
+  costs less than the extra call `A += H_prev W_h` (D = 1, N = 32, H = 64: 11 vs 13 µs a step);
 * every per-step array is preallocated and written in place (`out=`): no temporaries;
 * the three sigmoids and the tanh of a step are one np.tanh call over the whole (N, 4H) block:
   sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, so the i, f, o columns of W_x, W_h and b are pre-scaled by
@@ -23,21 +28,17 @@ written to make few calls:
 * tried and measured slower (2-20 %): the whole loop feature-major, (4H, N) per step, which gives
   contiguous gate blocks and OpenBLAS's faster (4H×H)(H×N) shape, but then the weight products
   after the loop need the steps side by side, (4H, T·N): strided per-step rows or a transposing copy.
-* the bias rides in the hoisted product as a column of ones, X1 = [X | 1], for every D (D = 1 too:
-  a broadcast pass adding b, or an outer product, is 4-7x slower than OpenBLAS at K = 2); after
-  the loop the same column gives db inside dW_x's product, [dW_x ; db] = X1ᵀ dA (a sum over T·N rows
-  is 2x slower than that product).
 
-NumPy calls per time step (no mask): forward 10 (1 product + 9 ufuncs); backward 7 (1 product + 6
-ufuncs) plus 8 per chunk of steps. The plain version made 10 and 17, plus gate_blocks calls (one
-forward, two backward) and ~10 array indexings per step; the loops now zip over per-step views. A
-mask adds 2 calls per step each way.
+NumPy calls per time step (no mask): forward 10 (1 product + 9 ufuncs; 9 when folded); backward 7
+(1 product + 6 ufuncs) plus 8 per chunk of steps. The plain version made 10 and 17, plus gate_blocks
+calls (one forward, two backward) and ~10 array indexings per step; the loops now zip over per-step
+views. A mask adds 2 calls per step each way.
 
 Time-major: x (T, N, D), states (N, H). An optional mask (T, N) of booleans marks the real steps:
 where it is False the step leaves (H, C) unchanged (the output repeats the previous H), and the
 backward lets dH and dC pass straight through it.
 
-sequence_forward(x, h0, c0, W_x, W_h, b, mask=None) -> Y (T, N, H), h_T, c_T, cache
+sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None) -> Y (T, N, H), h_T, c_T, cache
 sequence_backward(dY, dh_T, dc_T, cache) -> dx, dh0, dc0, dW_x, dW_h, db
 """
 
@@ -66,46 +67,58 @@ def _gate_vectors(H, dtype):
 
 
 class SequenceCache(NamedTuple):
-    X1: np.ndarray                # (T·N, D+1)   [X | 1]: x's rows and a column of ones
+    Z: np.ndarray                 # (T+1, N, H+D+1)  Z[t] = [H_t | X_t | 1]: H_0 .. H_T and the inputs
     W_x: np.ndarray               # (D, 4H)
     W_h: np.ndarray               # (H, 4H)
-    Hs: np.ndarray                # (T+1, N, H)  H_0 .. H_T   (Hs[0] = h0)
     Cs: np.ndarray                # (T+1, N, H)  C_0 .. C_T
     gates: np.ndarray             # (T, N, 4H)   [ I | F | C_tilde | O ] of every step
     tanh_C: np.ndarray            # (T, N, H)    tanh(C_t) of every step
     mask: Optional[np.ndarray]    # (T, N, 1) of 0/1 in the data dtype, or None
 
 
-def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
+def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None):
     """x : (T, N, D), h0, c0 : (N, H), W_x : (D, 4H), W_h : (H, 4H), b : (4H,), mask : (T, N) bool or None.
 
+    fold : whether [X_t | 1] rides in each step's product (True) or X W_x + b is one product before the
+    loop (False); None picks by size (folds when 4 (D + 1) <= H). Either way the same math.
     returns Y : (T, N, H) (Y[t] = H_{t+1}, a view of the cache), h_T : (N, H), c_T : (N, H), cache
     """
     T, N, D = x.shape
     H = W_h.shape[0]
     dtype = x.dtype
     scale, shift = _gate_vectors(H, dtype)
-    W_h_scaled = W_h * scale                                             # (H, 4H)
-    X1 = np.empty((T * N, D + 1), dtype)                # hoisted input product, all T steps at once, with the
-    X1[:, :D] = x.reshape(T * N, D)                     # bias through a column of ones: [X | 1] [W_x ; b]
-    X1[:, D] = 1                                        # (4-7x faster than a broadcast pass adding b, D = 1 too)
-    gates = (X1 @ (np.concatenate([W_x, b[None, :]]) * scale)).reshape(T, N, 4 * H)
+    # A_t = Z_t W1 with Z_t = [H_{t-1} | X_t | 1] (N, H+D+1) and W1 = [W_h ; W_x ; b] (H+D+1, 4H), scaled
+    Z = np.empty((T + 1, N, H + D + 1), dtype)          # Z[t] = [H_t | X_t | 1]  (Z[T]: H_T, no input)
+    Z[0, :, :H] = h0
+    Z[:T, :, H:H + D] = x
+    Z[T, :, H:H + D] = 0
+    Z[:, :, H + D] = 1
+    Hs = Z[:, :, :H]                                    # (T+1, N, H) view: H_0 .. H_T
+    W1 = np.concatenate([W_h, W_x, b[None, :]]) * scale                 # (H+D+1, 4H)
+    if fold is None:                                    # small D: [X_t | 1] rides in the step's product
+        fold = 4 * (D + 1) <= H                         # (K = H+D+1 costs less than a second call)
+    if fold:
+        gates = np.empty((T, N, 4 * H), dtype)
+    else:                                               # hoisted input product, all T steps at once:
+        gates = (Z[:T].reshape(T * N, H + D + 1)[:, H:] @ W1[H:]).reshape(T, N, 4 * H)   # [X | 1] [W_x ; b]
+    W_h1 = W1[:H]                                       # (H, 4H), scaled
     scale, shift = (np.ascontiguousarray(np.broadcast_to(v, (N, 4 * H))) for v in (scale, shift))  # (N, 4H):
     # same-shape operands take NumPy's fastest loop (a broadcast (4H,) vector costs 2x per call)
     I_, F_, C_tilde_, O_ = gate_blocks(gates)                            # (T, N, H) views, one per gate
-    Hs = np.empty((T + 1, N, H), dtype)
     Cs = np.empty((T + 1, N, H), dtype)
-    Hs[0] = h0
     Cs[0] = c0
     tanh_C = np.empty((T, N, H), dtype)
     HW = np.empty((N, 4 * H), dtype)                    # H_prev W_h of the current step
     IC = np.empty((N, H), dtype)
     m = None if mask is None else mask.reshape(T, N, 1).astype(dtype)
     keep = None if mask is None else ~mask.reshape(T, N, 1)
-    steps = zip(gates, Hs[:-1], Hs[1:], Cs[:-1], Cs[1:], tanh_C, I_, F_, C_tilde_, O_)   # per-step views
-    for t, (a, h_prev, h, c_prev, c, tc, I, F, C_tilde, O) in enumerate(steps):   # a: X_t W_x + b (scaled)
-        np.dot(h_prev, W_h_scaled, out=HW)              # A = X W_x + H_prev W_h + b  (scaled)
-        a += HW
+    steps = zip(gates, Z[:-1], Hs[:-1], Hs[1:], Cs[:-1], Cs[1:], tanh_C, I_, F_, C_tilde_, O_)   # per-step views
+    for t, (a, z, h_prev, h, c_prev, c, tc, I, F, C_tilde, O) in enumerate(steps):
+        if fold:                                        # A = [H_prev | X | 1] [W_h ; W_x ; b]  (scaled)
+            np.dot(z, W1, out=a)
+        else:                                           # A = (X W_x + b) + H_prev W_h  (scaled)
+            np.dot(h_prev, W_h1, out=HW)
+            a += HW
         np.tanh(a, out=a)
         a *= scale                                      # I, F, O = σ(A_i, A_f, A_o); C̃ = tanh(A_g)
         a += shift
@@ -117,7 +130,7 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None):
         if keep is not None:                            # masked rows keep (H, C) of the step before
             np.copyto(h, h_prev, where=keep[t])
             np.copyto(c, c_prev, where=keep[t])
-    cache = SequenceCache(X1, W_x, W_h, Hs, Cs, gates, tanh_C, m)
+    cache = SequenceCache(Z, W_x, W_h, Cs, gates, tanh_C, m)
     return Hs[1:], Hs[T].copy(), Cs[T].copy(), cache
 
 
@@ -162,9 +175,10 @@ def sequence_backward(dY, dh_T, dc_T, cache):
 
     returns dx (T, N, D), dh0 (N, H), dc0 (N, H), dW_x (D, 4H), dW_h (H, 4H), db (4H,)
     """
-    X1, W_x, W_h, Hs, Cs, gates, tanh_C, m = cache
+    Z, W_x, W_h, Cs, gates, tanh_C, m = cache
     T, N, H = tanh_C.shape
     D = W_x.shape[0]
+    Hs = Z[:, :, :H]                                    # (T+1, N, H) view: H_0 .. H_T
     dtype = gates.dtype
     W_hT = np.ascontiguousarray(W_h.T)                  # (4H, H)
     dA = np.empty((T, N, 4 * H), dtype)                 # every step's dA (first its factors), for the products
@@ -199,9 +213,8 @@ def sequence_backward(dY, dh_T, dc_T, cache):
             np.dot(dA_t, W_hT, out=dH)                  # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
             if m is not None:
                 dH += dH_through
-    # forward: A = [X | 1] [W_x ; b] + H_prev W_h, all steps at once  ->  one product each
+    # forward: A = [H_prev | X | 1] [W_h ; W_x ; b], all steps at once  ->  one product each
     dA2 = dA.reshape(T * N, 4 * H)
-    dW1 = X1.T @ dA2                                    # (D+1, 4H) = [dW_x ; db]  (db as a product: 2x a sum)
-    dW_h = Hs[:T].reshape(T * N, H).T @ dA2
+    dW = Z[:T].reshape(T * N, H + D + 1).T @ dA2        # (H+D+1, 4H) = [dW_h ; dW_x ; db] = Zᵀ dA
     dx = (dA2 @ W_x.T).reshape(T, N, D)
-    return dx, dH, dC, dW1[:D], dW_h, dW1[D]
+    return dx, dH, dC, dW[H:H + D], dW[:H], dW[H + D]

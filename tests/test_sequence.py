@@ -20,16 +20,18 @@ SEQ_ARGS = ["x", "h0", "c0", "W_x", "W_h", "b"]
 def sequence_cases(draw, masks=(None, "pre", "post")):
     return dict(T=draw(st.integers(1, 6)), N=draw(st.integers(1, 5)), D=draw(st.integers(1, 7)),
                 H=draw(st.integers(1, 7)), scale=draw(st.floats(0.1, 10.0)),
-                mask=draw(st.sampled_from(masks)), seed=draw(st.integers(0, 2**32 - 1)))
+                mask=draw(st.sampled_from(masks)), seed=draw(st.integers(0, 2**32 - 1)),
+                fold=draw(st.booleans()))      # both ways of taking the input product (by size, H <= 7: never folded)
 
 
-def sequence_problem(T, N, D, H, scale, mask, seed, dtype=np.float64):
+def sequence_problem(T, N, D, H, scale, mask, seed, dtype=np.float64, fold=None):
     """Arguments of sequence_forward (all random non-zero) and upstream gradients (dY, dh_T, dc_T)."""
     rng = np.random.default_rng(seed)
     k = scale / np.sqrt(D + H)
     args = dict(x=nonzero(rng, (T, N, D)), h0=nonzero(rng, (N, H)), c0=nonzero(rng, (N, H)),
                 W_x=nonzero(rng, (D, 4 * H), k), W_h=nonzero(rng, (H, 4 * H), k), b=nonzero(rng, 4 * H, scale / 2))
     args = {n: a.astype(dtype) for n, a in args.items()}
+    args["fold"] = fold
     up = tuple(a.astype(dtype) for a in (nonzero(rng, (T, N, H)), nonzero(rng, (N, H)), nonzero(rng, (N, H))))
     return args, padding_mask(rng, T, N, mask), up
 
@@ -108,6 +110,18 @@ def test_masked_steps_leave_the_state_unchanged(case):
             _, h, c, _ = sequence_forward(args["x"][real, n:n + 1], h, c, *W)
         assert_close(h_T[n:n + 1], h, SAME_RTOL, f"h_T row {n}")
         assert_close(c_T[n:n + 1], c, SAME_RTOL, f"c_T row {n}")
+
+
+@pytest.mark.parametrize("mask", [None, "post"])
+def test_folded_input_product_equals_hoisted(mask):
+    """D small next to H: [X_t | 1] rides in each step's product (fold picked by size); same as hoisting it."""
+    args, m, up = sequence_problem(5, 3, 1, 12, 3.0, mask, seed=8)
+    del args["fold"]
+    folded, hoisted = sequence_forward(**args, mask=m), sequence_forward(**args, mask=m, fold=False)
+    for u, v, what in zip(hoisted[:3], folded[:3], ("Y", "h_T", "c_T")):
+        assert_close(v, u, SAME_RTOL, what)
+    for u, v, name in zip(sequence_backward(*up, hoisted[3]), sequence_backward(*up, folded[3]), SEQ_ARGS):
+        assert_close(v, u, SAME_RTOL, f"d{name}")
 
 
 def test_all_true_mask_equals_no_mask():
