@@ -6,7 +6,6 @@ import numpy as np
 from npylstm import GRU, LSTM, Linear, Sequential, cross_entropy_loss, mse_loss, stream_batches
 from npylstm.gradcheck import numeric_gradient
 
-FD_EPS = 1e-6      # central-difference step: truncation O(eps²) ≈ 1e-12, rounding ≈ 1e-16 / eps ≈ 1e-10
 FD_RTOL = 1e-6     # relative error per tensor, hand-written BPTT vs central differences, float64
 FD_ATOL = 1e-9     # ... or absolute: a gradient vanishing through a stack of tiny layers sits near the
                    # differences' rounding noise, ~1e-16 · |loss| / eps ≈ 1e-10 · |loss|
@@ -82,7 +81,7 @@ def check_model_gradients(N, T, D, specs, sizes, num_layers0, batch_firsts, head
     grads = {k: v.copy() for k, v in model.grads.items()}
     checks = [("x", dx, x)] + [(k, grads[k], p) for k, p in model.params.items()]
     for name, analytic, arr in checks:
-        numeric = numeric_gradient(f, arr, FD_EPS)
+        numeric = numeric_gradient(f, arr)
         err, where = rel_err(analytic, numeric)
         abs_err = float(np.abs(analytic - numeric).max())
         assert err <= FD_RTOL or abs_err <= FD_ATOL, (

@@ -7,7 +7,6 @@ from hypothesis import given, settings, strategies as st
 from npylstm import Linear, cross_entropy_loss, mse_loss
 from npylstm.gradcheck import numeric_gradient
 
-FD_EPS = 1e-6      # central-difference step: truncation O(eps²) ≈ 1e-12, rounding ≈ 1e-16 / eps ≈ 1e-10
 FD_RTOL = 1e-6     # relative error per tensor allowed between hand-written and numerical gradients (float64)
 FD_ATOL = 1e-9     # ... or absolute: a tensor of tiny gradients (saturated softmax) sits near the differences'
                    # rounding noise, ~1e-16 · |loss| / eps ≈ 1e-10 · |loss|, which no relative bound can beat
@@ -51,7 +50,7 @@ def test_linear_backward_matches_finite_differences(N, T, n_in, n_out, seed):
     assert dx.shape == x.shape
     for name, arr, analytic in (("x", x, dx), ("W", lin.params["W"], lin.grads["W"]),
                                 ("b", lin.params["b"], lin.grads["b"])):
-        assert_close(name, analytic, numeric_gradient(f, arr, FD_EPS))
+        assert_close(name, analytic, numeric_gradient(f, arr))
 
 
 def test_linear_backward_accumulates_and_zero_grad_clears():
@@ -100,7 +99,7 @@ def test_mse_backward_matches_finite_differences(shape, masked, seed):
     m = 1.0 if mask is None else mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim))
     expected = ((P - Y) ** 2 * m).sum() / (np.broadcast_to(m, shape).sum())   # mean over unmasked elements
     assert loss == pytest.approx(expected, rel=1e-12)
-    assert_close("y_pred", dP, numeric_gradient(lambda: mse_loss(P, Y, mask)[0], P, FD_EPS))
+    assert_close("y_pred", dP, numeric_gradient(lambda: mse_loss(P, Y, mask)[0], P))
 
 
 @settings(max_examples=20, deadline=None)
@@ -120,7 +119,7 @@ def test_cross_entropy_backward_matches_finite_differences(lead, C, int_targets,
     nll = -np.take_along_axis(logp, ids[..., None], -1)[..., 0]
     expected = nll[mask].mean() if mask is not None else nll.mean()
     assert loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert_close("logits", dZ, numeric_gradient(lambda: cross_entropy_loss(Z, target, mask)[0], Z, FD_EPS))
+    assert_close("logits", dZ, numeric_gradient(lambda: cross_entropy_loss(Z, target, mask)[0], Z))
 
 
 def test_cross_entropy_is_stable_for_huge_logits():

@@ -9,7 +9,6 @@ from npylstm import LSTM, SGD, Adam, Linear, Sequential, mse_loss, stream_batche
 from npylstm.gradcheck import numeric_gradient
 
 EXACT_RTOL = 1e-12  # float64: chunked and whole runs do the same operations; only BLAS blocking may differ
-FD_EPS = 1e-6       # central-difference step (float64)
 FD_RTOL = 1e-6      # relative error per tensor, hand-written TBPTT vs central differences
 FD_ATOL = 1e-9      # or absolute: central-difference rounding noise ≈ 1e-16 · |loss| / eps
 
@@ -78,7 +77,7 @@ def test_tbptt_gradients_hold_the_incoming_state_constant():
     dx = model.backward(dout)
     grads = {k: v.copy() for k, v in model.grads.items()}
     for name, analytic, arr in [("x2", dx, x2)] + [(k, grads[k], p) for k, p in model.params.items()]:
-        g = numeric_gradient(f, arr, FD_EPS)
+        g = numeric_gradient(f, arr)
         diff = np.abs(analytic - g).max()
         rel = diff / max(np.abs(analytic).max(), np.abs(g).max(), np.finfo(float).tiny)
         assert rel <= FD_RTOL or diff <= FD_ATOL, f"{name}: relative error {rel:.3g}, abs {diff:.3g}"
