@@ -112,21 +112,23 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None):
     IC = np.empty((N, H), dtype)
     m = None if mask is None else mask.reshape(T, N, 1).astype(dtype)
     keep = None if mask is None else ~mask.reshape(T, N, 1)
+    dot, tanh, add, mul = np.dot, np.tanh, np.add, np.multiply   # in the loops, out is the last positional
+    # argument: each call then costs ~0.23 µs before its work, against ~0.27 with out= and ~0.30 for a += b
     steps = zip(gates, Z[:-1], Hs[:-1], Hs[1:], Cs[:-1], Cs[1:], tanh_C, I_, F_, C_tilde_, O_)   # per-step views
     for t, (a, z, h_prev, h, c_prev, c, tc, I, F, C_tilde, O) in enumerate(steps):
         if fold:                                        # A = [H_prev | X | 1] [W_h ; W_x ; b]  (scaled)
-            np.dot(z, W1, out=a)
+            dot(z, W1, a)
         else:                                           # A = (X W_x + b) + H_prev W_h  (scaled)
-            np.dot(h_prev, W_h1, out=HW)
-            a += HW
-        np.tanh(a, out=a)
-        a *= scale                                      # I, F, O = σ(A_i, A_f, A_o); C̃ = tanh(A_g)
-        a += shift
-        np.multiply(F, c_prev, out=c)                   # C = F ⊙ C_prev + I ⊙ C̃
-        np.multiply(I, C_tilde, out=IC)
-        c += IC
-        np.tanh(c, out=tc)                              # H = O ⊙ tanh(C)
-        np.multiply(O, tc, out=h)
+            dot(h_prev, W_h1, HW)
+            add(a, HW, a)
+        tanh(a, a)
+        mul(a, scale, a)                                # I, F, O = σ(A_i, A_f, A_o); C̃ = tanh(A_g)
+        add(a, shift, a)
+        mul(F, c_prev, c)                               # C = F ⊙ C_prev + I ⊙ C̃
+        mul(I, C_tilde, IC)
+        add(c, IC, c)
+        tanh(c, tc)                                     # H = O ⊙ tanh(C)
+        mul(O, tc, h)
         if keep is not None:                            # masked rows keep (H, C) of the step before
             np.copyto(h, h_prev, where=keep[t])
             np.copyto(c, c_prev, where=keep[t])
@@ -196,23 +198,24 @@ def sequence_backward(dY, dh_T, dc_T, cache):
     alpha, beta = (np.ascontiguousarray(np.broadcast_to(_block_vector(H, dtype, a, b), (N, 4 * H)))
                    for a, b in ((1, 0), (0, 1)))
     chunk = max(1, CHUNK_BYTES // (N * 5 * H * dtype.itemsize))   # steps per chunk of dA and P
+    dot, add, mul = np.dot, np.add, np.multiply         # out positional in the loop (see sequence_forward)
     for end in range(T, 0, -chunk):
         start = max(end - chunk, 0)
         _backward_factors(dA, P, gates, Hs, Cs, tanh_C, slice(start, end), alpha, beta, m, F_)
         back = slice(end - 1, start - 1 if start else None, -1)                   # steps end-1 .. start
         steps = zip(range(end - 1, start - 1, -1), dY[back], o_[back], P[back], ifg_[back], F_[back], dA[back])
         for t, dY_t, dA_o, P_t, ifg, F, dA_t in steps:  # per-step views; ifg (N, 3, H)
-            dH += dY_t                                  # dH_t = dY_t + dH coming back from t+1
-            dA_o *= dH                                  # dA_o = dH ⊙ tanh(C) σ'_o
-            P_t *= dH                                   # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
-            dC += P_t
-            np.multiply(ifg, dC_, out=ifg)              # dA_i, dA_f, dA_g = dC ⊙ [C̃ σ'_i, C_prev σ'_f, I tanh'_g]
-            dC *= F                                     # forward: C = F ⊙ C_prev + ...  ->  dC_prev = dC ⊙ F
+            add(dH, dY_t, dH)                           # dH_t = dY_t + dH coming back from t+1
+            mul(dA_o, dH, dA_o)                         # dA_o = dH ⊙ tanh(C) σ'_o
+            mul(P_t, dH, P_t)                           # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
+            add(dC, P_t, dC)
+            mul(ifg, dC_, ifg)                          # dA_i, dA_f, dA_g = dC ⊙ [C̃ σ'_i, C_prev σ'_f, I tanh'_g]
+            mul(dC, F, dC)                              # forward: C = F ⊙ C_prev + ...  ->  dC_prev = dC ⊙ F
             if m is not None:                           # a masked step passes dH through untouched
-                np.multiply(dH, keep[t], out=dH_through)
-            np.dot(dA_t, W_hT, out=dH)                  # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
+                mul(dH, keep[t], dH_through)
+            dot(dA_t, W_hT, dH)                         # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
             if m is not None:
-                dH += dH_through
+                add(dH, dH_through, dH)
     # forward: A = [H_prev | X | 1] [W_h ; W_x ; b], all steps at once  ->  one product each
     dA2 = dA.reshape(T * N, 4 * H)
     dW = Z[:T].reshape(T * N, H + D + 1).T @ dA2        # (H+D+1, 4H) = [dW_h ; dW_x ; db] = Zᵀ dA
