@@ -18,21 +18,22 @@ written to make few calls:
 * backward: everything in a step's gradient that does not depend on dH or dC -- the gate
   derivatives times their partners, [σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C],
   written straight into the dA buffer, and P = O (1 − tanh² C) -- is computed for a chunk of steps
-  at once, outside the step loop (a chunk is ~1 MiB: all of T for small sizes). In the loop, dC
-  finishes the adjacent [i | f | g] blocks with one broadcast product, dH the o block, and dA is
-  then ready for the products. (P lives in its own array: inside the dA rows it made one call fewer
-  but the per-step product on strided rows cost 10-20 % more with two BLAS threads.) The factors
-  are written for whole contiguous rows where the math allows: σ(1 − σ) and 1 − C̃² are both
+  at once, outside the step loop (a chunk is ~1 MiB: all of T for small sizes). The factors are
+  written for whole contiguous rows where the math allows: σ(1 − σ) and 1 − C̃² are both
   gate (alpha − gate) + beta, and P = O − H tanh C (H = O tanh C is stored): 8 calls a chunk, 3 of
   them on strided gate blocks, where the direct transcription made 11, 9 strided (1.6x slower).
+  In the loop, the step's multipliers are gathered in one row E = [dC | dC | dC | dH] (two copies)
+  and one contiguous product finishes dA (a broadcast product on [i | f | g] and one on the strided
+  o block cost 2x as much). (P lives in its own array: inside the dA rows it made one call fewer but
+  the per-step product on strided rows cost 10-20 % more with two BLAS threads.)
 * tried and measured slower (2-20 %): the whole loop feature-major, (4H, N) per step, which gives
   contiguous gate blocks and OpenBLAS's faster (4H×H)(H×N) shape, but then the weight products
   after the loop need the steps side by side, (4H, T·N): strided per-step rows or a transposing copy.
 
-NumPy calls per time step (no mask): forward 10 (1 product + 9 ufuncs; 9 when folded); backward 7
-(1 product + 6 ufuncs) plus 8 per chunk of steps. The plain version made 10 and 17, plus gate_blocks
-calls (one forward, two backward) and ~10 array indexings per step; the loops now zip over per-step
-views. A mask adds 2 calls per step each way.
+NumPy calls per time step (no mask): forward 10 (1 product + 9 ufuncs; 9 when folded); backward 8
+(1 product + 5 ufuncs + 2 copies) plus 8 per chunk of steps. The plain version made 10 and 17, plus
+gate_blocks calls (one forward, two backward) and ~10 array indexings per step; the loops now zip over
+per-step views. A mask adds 2 calls per step each way.
 
 Time-major: x (T, N, D), states (N, H). An optional mask (T, N) of booleans marks the real steps:
 where it is False the step leaves (H, C) unchanged (the output repeats the previous H), and the
@@ -185,8 +186,9 @@ def sequence_backward(dY, dh_T, dc_T, cache):
     W_hT = np.ascontiguousarray(W_h.T)                  # (4H, H)
     dA = np.empty((T, N, 4 * H), dtype)                 # every step's dA (first its factors), for the products
     P = np.empty((T, N, H), dtype)                      # O ⊙ (1 − tanh² C) of every step
-    dA4 = dA.reshape(T, N, 4, H)                        # by gate block: dA4[t, :, k] is block k
-    ifg_, o_ = dA4[:, :, 0:3], dA4[:, :, 3]             # [i | f | g] (T, N, 3, H) and o (T, N, H) views
+    E = np.empty((N, 4 * H), dtype)                     # [dC | dC | dC | dH]: what each block of a step's
+    E_ifg, E_o = E.reshape(N, 4, H)[:, 0:3], E[:, 3 * H:]   # factors is multiplied by (one contiguous product
+    # makes dA; two strided ones, one broadcast over 3 blocks, cost 1.5-3x as much)
     dH = np.array(dh_T, dtype=dtype)                    # carried back through time
     dC = np.array(dc_T, dtype=dtype)
     dC_ = dC[:, None, :]                                # (N, 1, H) view that broadcasts over gate blocks
@@ -203,13 +205,14 @@ def sequence_backward(dY, dh_T, dc_T, cache):
         start = max(end - chunk, 0)
         _backward_factors(dA, P, gates, Hs, Cs, tanh_C, slice(start, end), alpha, beta, m, F_)
         back = slice(end - 1, start - 1 if start else None, -1)                   # steps end-1 .. start
-        steps = zip(range(end - 1, start - 1, -1), dY[back], o_[back], P[back], ifg_[back], F_[back], dA[back])
-        for t, dY_t, dA_o, P_t, ifg, F, dA_t in steps:  # per-step views; ifg (N, 3, H)
+        steps = zip(range(end - 1, start - 1, -1), dY[back], P[back], F_[back], dA[back])
+        for t, dY_t, P_t, F, dA_t in steps:             # per-step views
             add(dH, dY_t, dH)                           # dH_t = dY_t + dH coming back from t+1
-            mul(dA_o, dH, dA_o)                         # dA_o = dH ⊙ tanh(C) σ'_o
             mul(P_t, dH, P_t)                           # dC_t = dC from t+1 + dH ⊙ O (1 − tanh² C)
             add(dC, P_t, dC)
-            mul(ifg, dC_, ifg)                          # dA_i, dA_f, dA_g = dC ⊙ [C̃ σ'_i, C_prev σ'_f, I tanh'_g]
+            np.copyto(E_ifg, dC_)                       # E = [dC | dC | dC | dH]
+            np.copyto(E_o, dH)
+            mul(dA_t, E, dA_t)                          # dA = [dC C̃ σ'_i | dC C_prev σ'_f | dC I tanh'_g | dH tanh(C) σ'_o]
             mul(dC, F, dC)                              # forward: C = F ⊙ C_prev + ...  ->  dC_prev = dC ⊙ F
             if m is not None:                           # a masked step passes dH through untouched
                 mul(dH, keep[t], dH_through)
