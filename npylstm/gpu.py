@@ -392,10 +392,11 @@ class Backend(NamedTuple):
     """sequence.py's contract with the kernel version bound: what `LSTM(device="cuda")` calls."""
     kernel: int = DEFAULT_KERNEL
 
-    def sequence_forward(self, x, h0, c0, W_x, W_h, b, mask=None):
+    # work: unused here; CuPy's memory pool already hands the same device buffers back call after call
+    def sequence_forward(self, x, h0, c0, W_x, W_h, b, mask=None, work=None):
         return sequence_forward(x, h0, c0, W_x, W_h, b, mask, kernel=self.kernel)
 
-    def sequence_backward(self, dY, dh_T, dc_T, cache):
+    def sequence_backward(self, dY, dh_T, dc_T, cache, work=None):
         return sequence_backward(dY, dh_T, dc_T, cache)
 
 

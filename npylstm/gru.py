@@ -58,11 +58,11 @@ class GRU(Recurrent):
             kernel = gru_gpu.check_kernel("GRU.to", gru_gpu.DEFAULT_KERNEL if kernel is None else kernel)
         return super().to(device, kernel=kernel)
 
-    def _run_forward(self, inp, states, params, mask):
+    def _run_forward(self, inp, states, params, mask, work):       # work: unused (gru_sequence allocates)
         Y, h_T, cache = self._backend.gru_sequence_forward(inp, *states, *params, self.reset_after, mask)
         return Y, (h_T,), cache
 
-    def _run_backward(self, dY, dstates, cache):
+    def _run_backward(self, dY, dstates, cache, work):
         dx, dh0, *dparams = self._backend.gru_sequence_backward(dY, *dstates, cache)
         return dx, (dh0,), dparams
 

@@ -62,12 +62,12 @@ class LSTM(Recurrent):
     def _param_names(self, layer):
         return param_names(layer)
 
-    def _run_forward(self, inp, states, params, mask):
-        Y, h_T, c_T, cache = self._backend.sequence_forward(inp, *states, *params, mask)
+    def _run_forward(self, inp, states, params, mask, work):
+        Y, h_T, c_T, cache = self._backend.sequence_forward(inp, *states, *params, mask, work=work)
         return Y, (h_T, c_T), cache
 
-    def _run_backward(self, dY, dstates, cache):
-        dx, dh0, dc0, *dparams = self._backend.sequence_backward(dY, *dstates, cache)
+    def _run_backward(self, dY, dstates, cache, work):
+        dx, dh0, dc0, *dparams = self._backend.sequence_backward(dY, *dstates, cache, work=work)
         return dx, (dh0, dc0), dparams
 
     # ------------------------------------------------------------------ forward / backward

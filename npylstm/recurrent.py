@@ -9,8 +9,9 @@ only what differs:
     state_names            ("h", "c") / ("h",): the state tensors, each (L, N, H)
     state_arg, dstate_arg  the public names of the state arguments ("state", "dstate" / "h0", "dh_n")
     _param_names(layer)    the keys of that layer's parameters in `params` (filled by __init__)
-    _run_forward           one layer's sequence forward:  (inp, states, params, mask) -> (Y, final states, cache)
-    _run_backward          one layer's BPTT:             (dY, dstates, cache) -> (dx, dstates0, dparams)
+    _run_forward           one layer's sequence forward:  (inp, states, params, mask, work) -> (Y, final states, cache)
+    _run_backward          one layer's BPTT:             (dY, dstates, cache, work) -> (dx, dstates0, dparams)
+                           (work: a dict per layer where the backend may keep its buffers between calls)
     numpy_backend          the module _run_forward/_run_backward call on the CPU
     cuda_backend           kernel version -> the object they call on the GPU (None: CPU only)
 
@@ -56,6 +57,7 @@ class Recurrent:
         self.device, self.kernel, self._xp = "cpu", None, np
         self._backend = self.numpy_backend
         self._caches = None          # per layer, from the last forward
+        self._work = None            # per layer, buffers the backend reuses from call to call (set by `to`)
         self._call = None            # layout of the last forward: (unbatched, T, N)
         self._state = None           # stateful: a tuple of state tensors, each (L, N, H)
         self._batch_size = None      # stateful: locked by the first call
@@ -64,10 +66,10 @@ class Recurrent:
     def _param_names(self, layer):
         raise NotImplementedError
 
-    def _run_forward(self, inp, states, params, mask):
+    def _run_forward(self, inp, states, params, mask, work):
         raise NotImplementedError
 
-    def _run_backward(self, dY, dstates, cache):
+    def _run_backward(self, dY, dstates, cache, work):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ bookkeeping
@@ -186,7 +188,7 @@ class Recurrent:
         finals = tuple(xp.empty((L, N, H), self.dtype) for _ in self.state_names)
         for layer in range(L):
             params = tuple(self.params[k] for k in self._param_names(layer))
-            inp, last, cache = self._run_forward(inp, tuple(s[layer] for s in states), params, mask)
+            inp, last, cache = self._run_forward(inp, tuple(s[layer] for s in states), params, mask, self._work[layer])
             for f, s in zip(finals, last):
                 f[layer] = s
             caches.append(cache)
@@ -231,7 +233,8 @@ class Recurrent:
         dY = xp.ascontiguousarray(dY)
         d0 = tuple(xp.empty((L, N, H), self.dtype) for _ in self.state_names)
         for layer in reversed(range(L)):
-            dY, ds, dparams = self._run_backward(dY, tuple(s[layer] for s in dstates), self._caches[layer])
+            dY, ds, dparams = self._run_backward(dY, tuple(s[layer] for s in dstates), self._caches[layer],
+                                                 self._work[layer])
             for out, s in zip(d0, ds):
                 out[layer] = s
             for k, g in zip(self._param_names(layer), dparams):
@@ -265,6 +268,7 @@ class Recurrent:
         if self._state is not None:
             self._state = tuple(move(s) for s in self._state)
         self.device, self.kernel, self._caches = device, kernel, None
+        self._work = [{} for _ in range(self.num_layers)]
         return self
 
     def _layout(self):

@@ -39,8 +39,8 @@ Time-major: x (T, N, D), states (N, H). An optional mask (T, N) of booleans mark
 where it is False the step leaves (H, C) unchanged (the output repeats the previous H), and the
 backward lets dH and dC pass straight through it.
 
-sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None) -> Y (T, N, H), h_T, c_T, cache
-sequence_backward(dY, dh_T, dc_T, cache) -> dx, dh0, dc0, dW_x, dW_h, db
+sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None, work=None) -> Y (T, N, H), h_T, c_T, cache
+sequence_backward(dY, dh_T, dc_T, cache, work=None) -> dx, dh0, dc0, dW_x, dW_h, db
 """
 
 from typing import NamedTuple, Optional
@@ -57,6 +57,16 @@ def _block_vector(H, dtype, sigmoid_value, tanh_value):
     v = np.full(4 * H, sigmoid_value, dtype=dtype)
     v[2 * H:3 * H] = tanh_value
     return v
+
+
+def _empty(work, name, shape, dtype):
+    """np.empty(shape, dtype), or work[name] if the last call left one of that shape (work: a dict or None)."""
+    a = None if work is None else work.get(name)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        a = np.empty(shape, dtype)
+        if work is not None:
+            work[name] = a
+    return a
 
 
 def _gate_vectors(H, dtype):
@@ -77,11 +87,16 @@ class SequenceCache(NamedTuple):
     mask: Optional[np.ndarray]    # (T, N, 1) of 0/1 in the data dtype, or None
 
 
-def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None):
+def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None, work=None):
     """x : (T, N, D), h0, c0 : (N, H), W_x : (D, 4H), W_h : (H, 4H), b : (4H,), mask : (T, N) bool or None.
 
     fold : whether [X_t | 1] rides in each step's product (True) or X W_x + b is one product before the
     loop (False); None picks by size (folds when 4 (D + 1) <= H). Either way the same math.
+    work : None, or a dict the caller keeps between calls: the cache's arrays (and backward's) are then
+    taken from it and left in it, so later calls reuse that memory instead of asking the OS for fresh
+    pages (arrays over glibc's 32 MiB mmap limit are new pages every call: at N = 128, H = 512 that was
+    ~300 MB of page faults a call). Pass it only when the previous call's cache and Y are no longer
+    needed: they are overwritten.
     returns Y : (T, N, H) (Y[t] = H_{t+1}, a view of the cache), h_T : (N, H), c_T : (N, H), cache
     """
     T, N, D = x.shape
@@ -89,7 +104,7 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None):
     dtype = x.dtype
     scale, shift = _gate_vectors(H, dtype)
     # A_t = Z_t W1 with Z_t = [H_{t-1} | X_t | 1] (N, H+D+1) and W1 = [W_h ; W_x ; b] (H+D+1, 4H), scaled
-    Z = np.empty((T + 1, N, H + D + 1), dtype)          # Z[t] = [H_t | X_t | 1]  (Z[T]: H_T, no input)
+    Z = _empty(work, "Z", (T + 1, N, H + D + 1), dtype)  # Z[t] = [H_t | X_t | 1]  (Z[T]: H_T, no input)
     Z[0, :, :H] = h0
     Z[:T, :, H:H + D] = x
     Z[T, :, H:H + D] = 0
@@ -98,17 +113,16 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None):
     W1 = np.concatenate([W_h, W_x, b[None, :]]) * scale                 # (H+D+1, 4H)
     if fold is None:                                    # small D: [X_t | 1] rides in the step's product
         fold = 4 * (D + 1) <= H                         # (K = H+D+1 costs less than a second call)
-    if fold:
-        gates = np.empty((T, N, 4 * H), dtype)
-    else:                                               # hoisted input product, all T steps at once:
-        gates = (Z[:T].reshape(T * N, H + D + 1)[:, H:] @ W1[H:]).reshape(T, N, 4 * H)   # [X | 1] [W_x ; b]
+    gates = _empty(work, "gates", (T, N, 4 * H), dtype)
+    if not fold:                                        # hoisted input product, all T steps at once:
+        np.dot(Z[:T].reshape(T * N, H + D + 1)[:, H:], W1[H:], out=gates.reshape(T * N, 4 * H))  # [X | 1] [W_x ; b]
     W_h1 = W1[:H]                                       # (H, 4H), scaled
     scale, shift = (np.ascontiguousarray(np.broadcast_to(v, (N, 4 * H))) for v in (scale, shift))  # (N, 4H):
     # same-shape operands take NumPy's fastest loop (a broadcast (4H,) vector costs 2x per call)
     I_, F_, C_tilde_, O_ = gate_blocks(gates)                            # (T, N, H) views, one per gate
-    Cs = np.empty((T + 1, N, H), dtype)
+    Cs = _empty(work, "Cs", (T + 1, N, H), dtype)
     Cs[0] = c0
-    tanh_C = np.empty((T, N, H), dtype)
+    tanh_C = _empty(work, "tanh_C", (T, N, H), dtype)
     HW = np.empty((N, 4 * H), dtype)                    # H_prev W_h of the current step
     IC = np.empty((N, H), dtype)
     m = None if mask is None else mask.reshape(T, N, 1).astype(dtype)
@@ -173,10 +187,11 @@ def _backward_factors(q, P, gates, Hs, Cs, tanh_C, steps, alpha, beta, m=None, F
         F_through[steps] += 1 - m[steps]
 
 
-def sequence_backward(dY, dh_T, dc_T, cache):
+def sequence_backward(dY, dh_T, dc_T, cache, work=None):
     """BPTT. dY : (T, N, H) gradient on every output, dh_T, dc_T : (N, H) gradients on the final state.
 
     returns dx (T, N, D), dh0 (N, H), dc0 (N, H), dW_x (D, 4H), dW_h (H, 4H), db (4H,)
+    work : as in sequence_forward (dW_x, dW_h and db are then views of a buffer the next call overwrites).
     """
     Z, W_x, W_h, Cs, gates, tanh_C, m = cache
     T, N, H = tanh_C.shape
@@ -184,8 +199,8 @@ def sequence_backward(dY, dh_T, dc_T, cache):
     Hs = Z[:, :, :H]                                    # (T+1, N, H) view: H_0 .. H_T
     dtype = gates.dtype
     W_hT = np.ascontiguousarray(W_h.T)                  # (4H, H)
-    dA = np.empty((T, N, 4 * H), dtype)                 # every step's dA (first its factors), for the products
-    P = np.empty((T, N, H), dtype)                      # O ⊙ (1 − tanh² C) of every step
+    dA = _empty(work, "dA", (T, N, 4 * H), dtype)       # every step's dA (first its factors), for the products
+    P = _empty(work, "P", (T, N, H), dtype)             # O ⊙ (1 − tanh² C) of every step
     E = np.empty((N, 4 * H), dtype)                     # [dC | dC | dC | dH]: what each block of a step's
     E_ifg, E_o = E.reshape(N, 4, H)[:, 0:3], E[:, 3 * H:]   # factors is multiplied by (one contiguous product
     # makes dA; two strided ones, one broadcast over 3 blocks, cost 1.5-3x as much)
@@ -194,7 +209,7 @@ def sequence_backward(dY, dh_T, dc_T, cache):
     dC_ = dC[:, None, :]                                # (N, 1, H) view that broadcasts over gate blocks
     F_ = gates[:, :, H:2 * H]                           # F of every step: dC_prev = dC ⊙ F
     if m is not None:
-        F_ = np.empty((T, N, H), dtype)                 # F on real steps, 1 on masked ones
+        F_ = _empty(work, "F", (T, N, H), dtype)        # F on real steps, 1 on masked ones
         keep = 1 - m                                    # (T, N, 1): 1 where dH, dC pass through
         dH_through = np.empty((N, H), dtype)
     alpha, beta = (np.ascontiguousarray(np.broadcast_to(_block_vector(H, dtype, a, b), (N, 4 * H)))
@@ -221,6 +236,7 @@ def sequence_backward(dY, dh_T, dc_T, cache):
                 add(dH, dH_through, dH)
     # forward: A = [H_prev | X | 1] [W_h ; W_x ; b], all steps at once  ->  one product each
     dA2 = dA.reshape(T * N, 4 * H)
-    dW = Z[:T].reshape(T * N, H + D + 1).T @ dA2        # (H+D+1, 4H) = [dW_h ; dW_x ; db] = Zᵀ dA
+    dW = np.dot(Z[:T].reshape(T * N, H + D + 1).T, dA2, out=_empty(work, "dW", (H + D + 1, 4 * H), dtype))
+    # (H+D+1, 4H) = [dW_h ; dW_x ; db] = Zᵀ dA
     dx = (dA2 @ W_x.T).reshape(T, N, D)
     return dx, dH, dC, dW[H:H + D], dW[:H], dW[H + D]

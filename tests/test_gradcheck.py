@@ -62,8 +62,8 @@ def _plant_bug(monkeypatch):
     import npylstm.sequence as seq
     real = seq.sequence_backward
 
-    def buggy(*args):
-        dx, dh0, dc0, dW_x, dW_h, db = real(*args)
+    def buggy(*args, **kwargs):
+        dx, dh0, dc0, dW_x, dW_h, db = real(*args, **kwargs)
         dW_h = dW_h.copy()
         dW_h.flat[0] += 1e-3 * np.abs(dW_h).max()
         return dx, dh0, dc0, dW_x, dW_h, db

@@ -73,6 +73,32 @@ def test_backward_accumulates_into_grads():
     assert all(not g.any() for g in lstm.grads.values())
 
 
+@pytest.mark.parametrize("mask", [None, "pre"])
+def test_reused_buffers_give_the_results_of_a_fresh_layer(mask):
+    """The layer keeps its buffers between calls (work): a call after others, of the same or another
+    length, equals the same call on a fresh layer, bit for bit; what earlier calls returned is not
+    overwritten by later ones."""
+    lstm, x, state, m, dy, dstate = layer_problem(5, 3, 2, 4, 2, 2.0, False, mask, seed=4)
+
+    def run(layer, T):
+        layer.zero_grad()
+        y, (h_n, c_n) = layer(x[:T], state, None if m is None else m[:T])
+        dx, (dh0, dc0) = layer.backward(dy[:T], dstate)
+        return [y, h_n, c_n, dx, dh0, dc0] + [g.copy() for g in layer.grads.values()]
+
+    first = run(lstm, 5)
+    kept = [a.copy() for a in first]
+    for T in (5, 3, 5):                                  # same shape (buffers reused), shorter, back again
+        fresh = LSTM(2, 4, num_layers=2, dtype=np.float64)
+        fresh.params = {k: v.copy() for k, v in lstm.params.items()}
+        fresh.zero_grad()
+        for a, b in zip(run(lstm, T), run(fresh, T)):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(first, kept):
+        np.testing.assert_array_equal(a, b)
+    assert {"Z", "gates", "Cs", "tanh_C", "dA", "P", "dW"} <= set(lstm._work[0])
+
+
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_unbatched_input_is_a_batch_of_one(batch_first):
     lstm, x, (h0, c0), _, dy, (dh, dc) = layer_problem(5, 1, 3, 4, 2, 2.0, batch_first, None, seed=2)
