@@ -11,7 +11,9 @@ written to make few calls:
   part [X | 1] [W_x ; b] of all T steps is one product (hoisted) -- unless D is small next to H
   (4 (D + 1) <= H): then each step's product takes the whole row Z_t, K = H+D+1 instead of H, which
   costs less than the extra call `A += H_prev W_h` (D = 1, N = 32, H = 64: 11 vs 13 µs a step);
-* every per-step array is preallocated and written in place (`out=`): no temporaries;
+* every per-step array is preallocated and written in place (`out`): no temporaries; with `work`
+  (the LSTM layer passes one per layer) the arrays of the cache and of the backward are kept from
+  call to call, so large ones are not fresh pages every call;
 * the three sigmoids and the tanh of a step are one np.tanh call over the whole (N, 4H) block:
   sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, so the i, f, o columns of W_x, W_h and b are pre-scaled by
   1/2 and the tanh output is mapped back with one multiply-add (SCALE, SHIFT below);
@@ -115,7 +117,7 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None, work=None):
         fold = 4 * (D + 1) <= H                         # (K = H+D+1 costs less than a second call)
     gates = _empty(work, "gates", (T, N, 4 * H), dtype)
     if not fold:                                        # hoisted input product, all T steps at once:
-        np.dot(Z[:T].reshape(T * N, H + D + 1)[:, H:], W1[H:], out=gates.reshape(T * N, 4 * H))  # [X | 1] [W_x ; b]
+        np.dot(Z[:T].reshape(T * N, H + D + 1)[:, H:], W1[H:], out=gates.reshape(T * N, 4 * H))  # [X|1] [W_x;b]
     W_h1 = W1[:H]                                       # (H, 4H), scaled
     scale, shift = (np.ascontiguousarray(np.broadcast_to(v, (N, 4 * H))) for v in (scale, shift))  # (N, 4H):
     # same-shape operands take NumPy's fastest loop (a broadcast (4H,) vector costs 2x per call)
@@ -156,7 +158,7 @@ def _backward_factors(q, P, gates, Hs, Cs, tanh_C, steps, alpha, beta, m=None, F
 
     Per step, in GATES order, and P:
         q = [ σ'(A_i) C̃ | σ'(A_f) C_prev | (1 − C̃²) I | σ'(A_o) tanh C ],   P = O (1 − tanh² C)
-    so that the loop finishes dA_i, dA_f, dA_g with one product by dC, and dA_o with one by dH.
+    so that the loop finishes dA with one product by E = [dC | dC | dC | dH].
     alpha, beta : (N, 4H), [1 | 1 | 0 | 1] and [0 | 0 | 1 | 0] per gate block.
     With a mask, masked rows are zeroed (their dA is 0) and F_through[steps] gets F where the step is
     real and 1 where it is masked (dC passes through a masked step).
@@ -201,9 +203,8 @@ def sequence_backward(dY, dh_T, dc_T, cache, work=None):
     W_hT = np.ascontiguousarray(W_h.T)                  # (4H, H)
     dA = _empty(work, "dA", (T, N, 4 * H), dtype)       # every step's dA (first its factors), for the products
     P = _empty(work, "P", (T, N, H), dtype)             # O ⊙ (1 − tanh² C) of every step
-    E = np.empty((N, 4 * H), dtype)                     # [dC | dC | dC | dH]: what each block of a step's
-    E_ifg, E_o = E.reshape(N, 4, H)[:, 0:3], E[:, 3 * H:]   # factors is multiplied by (one contiguous product
-    # makes dA; two strided ones, one broadcast over 3 blocks, cost 1.5-3x as much)
+    E = np.empty((N, 4 * H), dtype)                     # [dC | dC | dC | dH]: a step's multipliers, by block
+    E_ifg, E_o = E.reshape(N, 4, H)[:, 0:3], E[:, 3 * H:]   # (N, 3, H) and (N, H) views
     dH = np.array(dh_T, dtype=dtype)                    # carried back through time
     dC = np.array(dc_T, dtype=dtype)
     dC_ = dC[:, None, :]                                # (N, 1, H) view that broadcasts over gate blocks
