@@ -60,13 +60,19 @@ def make_numpy(T, N, D, H):
     return forward, forward_backward
 
 
-def make_torch(T, N, D, H):
+def torch_reference(T, N, D, H):
+    """nn.LSTM loaded with problem()'s weights, its inputs as tensors (x and states require grad), and dy."""
     import torch
     sd, x, h0, c0, dy = problem(T, N, D, H)
     ref = torch.nn.LSTM(D, H)
     ref.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
     tx, th0, tc0 = (torch.from_numpy(a).requires_grad_() for a in (x, h0, c0))
-    tdy = torch.from_numpy(dy)
+    return ref, tx, th0, tc0, torch.from_numpy(dy)
+
+
+def make_torch(T, N, D, H):
+    import torch
+    ref, tx, th0, tc0, tdy = torch_reference(T, N, D, H)
 
     def forward():
         with torch.no_grad():
@@ -81,14 +87,11 @@ def make_torch(T, N, D, H):
 
 def check(T, N, D, H):
     """npylstm vs torch on the same weights, float32: max relative error over y, h_n, c_n and every gradient."""
-    import torch
     from npylstm import from_torch
     sd, x, h0, c0, dy = problem(T, N, D, H)
-    ref = torch.nn.LSTM(D, H)
-    ref.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
-    tx, th0, tc0 = (torch.from_numpy(a).requires_grad_() for a in (x, h0, c0))
+    ref, tx, th0, tc0, tdy = torch_reference(T, N, D, H)
     ty, (thn, tcn) = ref(tx, (th0, tc0))
-    ty.backward(torch.from_numpy(dy))
+    ty.backward(tdy)
     g = {n: p.grad.numpy() for n, p in ref.named_parameters()}
     theirs = [ty, thn, tcn, tx.grad, th0.grad, tc0.grad]
     theirs = [t.detach().numpy() for t in theirs] + [g["weight_ih_l0"].T, g["weight_hh_l0"].T, g["bias_ih_l0"]]

@@ -61,6 +61,12 @@ def _block_vector(H, dtype, sigmoid_value, tanh_value):
     return v
 
 
+def _rows(v, N):
+    """A (4H,) vector repeated as N contiguous rows (N, 4H): same-shape operands take NumPy's fastest
+    loop (a broadcast (4H,) vector costs 2x per call)."""
+    return np.ascontiguousarray(np.broadcast_to(v, (N, v.shape[0])))
+
+
 def _empty(work, name, shape, dtype):
     """np.empty(shape, dtype), or work[name] if the last call left one of that shape (work: a dict or None)."""
     a = None if work is None else work.get(name)
@@ -119,8 +125,7 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None, work=None):
     if not fold:                                        # hoisted input product, all T steps at once:
         np.dot(Z[:T].reshape(T * N, H + D + 1)[:, H:], W1[H:], out=gates.reshape(T * N, 4 * H))  # [X|1] [W_x;b]
     W_h1 = W1[:H]                                       # (H, 4H), scaled
-    scale, shift = (np.ascontiguousarray(np.broadcast_to(v, (N, 4 * H))) for v in (scale, shift))  # (N, 4H):
-    # same-shape operands take NumPy's fastest loop (a broadcast (4H,) vector costs 2x per call)
+    scale, shift = _rows(scale, N), _rows(shift, N)                      # (N, 4H)
     I_, F_, C_tilde_, O_ = gate_blocks(gates)                            # (T, N, H) views, one per gate
     Cs = _empty(work, "Cs", (T + 1, N, H), dtype)
     Cs[0] = c0
@@ -213,8 +218,7 @@ def sequence_backward(dY, dh_T, dc_T, cache, work=None):
         F_ = _empty(work, "F", (T, N, H), dtype)        # F on real steps, 1 on masked ones
         keep = 1 - m                                    # (T, N, 1): 1 where dH, dC pass through
         dH_through = np.empty((N, H), dtype)
-    alpha, beta = (np.ascontiguousarray(np.broadcast_to(_block_vector(H, dtype, a, b), (N, 4 * H)))
-                   for a, b in ((1, 0), (0, 1)))
+    alpha, beta = _rows(_block_vector(H, dtype, 1, 0), N), _rows(_block_vector(H, dtype, 0, 1), N)   # (N, 4H)
     chunk = max(1, CHUNK_BYTES // (N * 5 * H * dtype.itemsize))   # steps per chunk of dA and P
     dot, add, mul = np.dot, np.add, np.multiply         # out positional in the loop (see sequence_forward)
     for end in range(T, 0, -chunk):

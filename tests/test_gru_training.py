@@ -17,9 +17,7 @@ from npylstm import cli
 from npylstm.checkpoint import _digest
 from npylstm.experiments import alphabet, common, gate_activations
 
-from model_helpers import assert_same_params, build, check_model_gradients, stream
-
-EXACT_RTOL = 1e-12  # float64: chunked and whole runs do the same operations; only BLAS blocking may differ
+from model_helpers import EXACT_RTOL, assert_chunks_give_one_call, assert_same_params, build, check_model_gradients, stream
 STATEFUL_SEEDS = (1, 2, 3)
 
 # a layer spec: "lstm", or ("gru", reset_after)
@@ -59,12 +57,7 @@ def stateful_model(specs=(("gru", True), "lstm"), seed=0, batch_firsts=(True, Fa
        batch_firsts=st.tuples(st.booleans(), st.booleans()), seed=st.integers(0, 2**31 - 1))
 def test_stateful_chunks_give_the_outputs_of_one_call(N, T, cuts, specs, batch_firsts, seed):
     model = stateful_model(specs, seed % 1000, batch_firsts)
-    x = np.random.default_rng(seed).normal(size=(N, T, 2))
-    whole = model.predict(x)
-    model.reset_states()
-    bounds = [0] + sorted({c for c in cuts if c < T}) + [T]
-    parts = [model.predict(x[:, a:b]) for a, b in zip(bounds, bounds[1:])]
-    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, rtol=EXACT_RTOL, atol=1e-14)
+    assert_chunks_give_one_call(model, np.random.default_rng(seed).normal(size=(N, T, 2)), cuts)
 
 
 def test_states_take_each_layers_own_form_and_per_row_reset_works():

@@ -7,18 +7,7 @@ from hypothesis import given, settings, strategies as st
 from npylstm import Linear, cross_entropy_loss, mse_loss
 from npylstm.gradcheck import numeric_gradient
 
-FD_RTOL = 1e-6     # relative error per tensor allowed between hand-written and numerical gradients (float64)
-FD_ATOL = 1e-9     # ... or absolute: a tensor of tiny gradients (saturated softmax) sits near the differences'
-                   # rounding noise, ~1e-16 · |loss| / eps ≈ 1e-10 · |loss|, which no relative bound can beat
-
-
-def rel_err(a, b):
-    """max|a - b| / max(max|a|, max|b|, tiny), and where the worst pair is."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    d = np.abs(a - b)
-    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), np.finfo(np.float64).tiny)
-    where = np.unravel_index(int(d.argmax()), d.shape) if d.size else ()
-    return float(d.max(initial=0.0) / scale), where
+from model_helpers import FD_ATOL, FD_RTOL, rel_err
 
 
 def assert_close(name, analytic, numeric, rtol=FD_RTOL, atol=FD_ATOL):

@@ -167,6 +167,16 @@ def _primed_layer(stateful):
     return lstm, dy
 
 
+def _assert_refused(call, kwargs, prefix, words):
+    """call(**kwargs) raises ValueError whose message starts with prefix and contains every word."""
+    with pytest.raises(ValueError) as err:
+        call(**kwargs)
+    msg = str(err.value)
+    assert msg.startswith(prefix), msg
+    for w in words:
+        assert w in msg, f"{w!r} not in {msg!r}"
+
+
 @pytest.mark.parametrize("stateful", [False, True])
 @pytest.mark.parametrize("case", sorted(_bad_forward_cases()))
 def test_bad_forward_input_is_refused_and_changes_nothing(case, stateful):
@@ -175,12 +185,7 @@ def test_bad_forward_input_is_refused_and_changes_nothing(case, stateful):
     snap = _snapshot(lstm)
     dx_before, dstate_before = lstm.backward(dy)       # the cache backward uses, before the bad call
     lstm.grads = snap[1]
-    with pytest.raises(ValueError) as err:
-        lstm.forward(**kwargs)
-    msg = str(err.value)
-    assert msg.startswith("LSTM.forward: "), msg
-    for w in words:
-        assert w in msg, f"{w!r} not in {msg!r}"
+    _assert_refused(lstm.forward, kwargs, "LSTM.forward: ", words)
     _assert_unchanged(lstm, snap)
     snap = _snapshot(lstm)
     dx_after, dstate_after = lstm.backward(dy)           # still differentiates the last good call
@@ -205,12 +210,7 @@ def test_bad_backward_input_is_refused_and_changes_nothing(case):
     kwargs, words = _bad_backward_cases()[case]
     lstm, _ = _primed_layer(stateful=True)
     snap = _snapshot(lstm)
-    with pytest.raises(ValueError) as err:
-        lstm.backward(**kwargs)
-    msg = str(err.value)
-    assert msg.startswith("LSTM.backward: "), msg
-    for w in words:
-        assert w in msg, f"{w!r} not in {msg!r}"
+    _assert_refused(lstm.backward, kwargs, "LSTM.backward: ", words)
     _assert_unchanged(lstm, snap)
 
 

@@ -8,9 +8,7 @@ from hypothesis import given, settings, strategies as st
 from npylstm import LSTM, SGD, Adam, Linear, Sequential, mse_loss, stream_batches
 from npylstm.gradcheck import numeric_gradient
 
-EXACT_RTOL = 1e-12  # float64: chunked and whole runs do the same operations; only BLAS blocking may differ
-FD_RTOL = 1e-6      # relative error per tensor, hand-written TBPTT vs central differences
-FD_ATOL = 1e-9      # or absolute: central-difference rounding noise ≈ 1e-16 · |loss| / eps
+from model_helpers import EXACT_RTOL, FD_ATOL, FD_RTOL, assert_chunks_give_one_call
 
 
 def make_model(stateful=True, seed=0, dtype=np.float64, batch_firsts=(True, False), D=2, out=2):
@@ -32,12 +30,7 @@ def random_states(model, N, rng):
        batch_firsts=st.tuples(st.booleans(), st.booleans()), seed=st.integers(0, 2**31 - 1))
 def test_chunks_give_the_outputs_of_one_call(N, T, cuts, batch_firsts, seed):
     model = make_model(batch_firsts=batch_firsts, seed=seed % 1000)
-    x = np.random.default_rng(seed).normal(size=(N, T, 2))
-    whole = model.predict(x)
-    model.reset_states()
-    bounds = [0] + sorted({c for c in cuts if c < T}) + [T]
-    parts = [model.predict(x[:, a:b]) for a, b in zip(bounds, bounds[1:])]
-    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, rtol=EXACT_RTOL, atol=1e-14)
+    assert_chunks_give_one_call(model, np.random.default_rng(seed).normal(size=(N, T, 2)), cuts)
 
 
 def test_per_sample_reset_equals_running_that_row_from_zeros():
