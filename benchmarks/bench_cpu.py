@@ -1,13 +1,14 @@
 """CPU benchmark: npylstm (NumPy) vs PyTorch's nn.LSTM, float32, microseconds per time step.
 
-    python3 benchmarks/bench_cpu.py [--threads 2] [--rounds 3] [--repeats 15] [--json bench_cpu.json]
+    python3 benchmarks/bench_cpu.py [--threads 2] [--rounds 5] [--repeats 15] [--json bench_cpu.json]
 
 For each (T, N, D, H) it first checks correctness (npylstm loaded from the nn.LSTM's weights gives the
 same outputs and gradients, float32), then times forward and forward+backward of a one-layer LSTM
 with the same thread count on both sides. Each side runs in its own process, alternating
 A B A B (design.md §5: in one process OpenBLAS's and PyTorch's OpenMP worker threads keep spinning
 after a call and fight over the cores). Reported: medians over every repeat of every round, per time
-step, and the ratio npylstm / torch (below 1: NumPy is faster).
+step, and the ratio npylstm / torch (below 1: NumPy is faster) as the median over rounds of each round's
+ratio, with its min-max: on a shared machine the spread says how far one run can be trusted.
 
 Both sides do the same work: a layer call with validation and layout (npylstm `LSTM.forward`, torch
 `nn.LSTM.__call__`), and for forward+backward the gradients of x, h0, c0 and every parameter
@@ -144,6 +145,34 @@ def run_worker(side, cfg, args):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def time_config(cfg, args):
+    """One benchmark row: `args.rounds` rounds, each a numpy worker then a torch worker, back to back.
+
+    Times: medians over every repeat of every round, per time step. Ratios: the median over rounds of
+    (numpy's median / torch's median in that round). A round's two workers run seconds apart, so the
+    per-round ratio cancels the machine's slow drifts (other tenants on a shared VM), and the spread of
+    the per-round ratios shows how far one run can be trusted.
+    """
+    T = cfg[0]
+    reps = repeats_for(cfg, args.repeats)
+    samples = {s: {"fwd": [], "fwdbwd": []} for s in ("numpy", "torch")}
+    ratios = {"fwd": [], "fwdbwd": []}
+    for _ in range(args.rounds):
+        got = {side: run_worker(side, cfg, argparse.Namespace(**{**vars(args), "repeats": reps}))
+               for side in ("numpy", "torch")}
+        for k in ratios:
+            ratios[k].append(float(np.median(got["numpy"][k]) / np.median(got["torch"][k])))
+            for side in got:
+                samples[side][k] += got[side][k]
+    med = {s: {k: float(np.median(v)) / T * 1e6 for k, v in samples[s].items()} for s in samples}
+    return dict(T=cfg[0], N=cfg[1], D=cfg[2], H=cfg[3],
+                numpy_fwd_us=med["numpy"]["fwd"], torch_fwd_us=med["torch"]["fwd"],
+                numpy_fwdbwd_us=med["numpy"]["fwdbwd"], torch_fwdbwd_us=med["torch"]["fwdbwd"],
+                samples_per_side=len(samples["numpy"]["fwd"]),
+                ratio_fwd=float(np.median(ratios["fwd"])), ratio_fwdbwd=float(np.median(ratios["fwdbwd"])),
+                ratio_fwd_rounds=ratios["fwd"], ratio_fwdbwd_rounds=ratios["fwdbwd"])
+
+
 def repeats_for(cfg, base):
     """Fewer repeats where one call is long (the largest configs), so a run stays a few minutes."""
     T, N, D, H = cfg
@@ -176,7 +205,7 @@ def machine_info(threads):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads on both sides (default: all cores)")
-    p.add_argument("--rounds", type=int, default=3, help="A B alternations per configuration (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="A B alternations per configuration (default 5)")
     p.add_argument("--repeats", type=int, default=15, help="timed calls per worker (default 15; fewer for big configs)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     p.add_argument("--configs", default=None, help="T,N,D,H;T,N,D,H;... (default: the five of the issue)")
@@ -187,6 +216,7 @@ def main(argv=None):
     p.add_argument("--config", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
+    from npylstm.files import atomic_write
     if args.worker:
         worker(args.worker, *map(int, args.config.split(",")), args.threads, args.repeats, args.warmup, args.clock)
         return 0
@@ -207,32 +237,20 @@ def main(argv=None):
             print("npylstm and torch disagree: not timing")
             return 1
     print(f"# times: microseconds per time step ({args.clock} clock), median of {args.rounds} rounds x repeats, "
-          f"each side in its own process, alternating")
+          f"each side in its own process, alternating; ratio: median over rounds of the round's numpy / torch "
+          f"(its min-max after the f+b ratio)")
     head = (f"{'T':>4} {'N':>4} {'D':>4} {'H':>4} | {'numpy fwd':>10} {'torch fwd':>10} {'ratio':>6} | "
-            f"{'numpy f+b':>10} {'torch f+b':>10} {'ratio':>6}")
+            f"{'numpy f+b':>10} {'torch f+b':>10} {'ratio':>6} {'rounds':>11}")
     print(head)
     print("-" * len(head))
     rows = []
     for cfg in configs:
-        T = cfg[0]
-        samples = {s: {"fwd": [], "fwdbwd": []} for s in ("numpy", "torch")}
-        reps = repeats_for(cfg, args.repeats)
-        for _ in range(args.rounds):
-            for side in ("numpy", "torch"):
-                r = run_worker(side, cfg, argparse.Namespace(**{**vars(args), "repeats": reps}))
-                for k in r:
-                    samples[side][k] += r[k]
-        med = {s: {k: float(np.median(v)) / T * 1e6 for k, v in samples[s].items()} for s in samples}
-        row = dict(T=cfg[0], N=cfg[1], D=cfg[2], H=cfg[3],
-                   numpy_fwd_us=med["numpy"]["fwd"], torch_fwd_us=med["torch"]["fwd"],
-                   numpy_fwdbwd_us=med["numpy"]["fwdbwd"], torch_fwdbwd_us=med["torch"]["fwdbwd"],
-                   samples_per_side=len(samples["numpy"]["fwd"]))
-        row["ratio_fwd"] = row["numpy_fwd_us"] / row["torch_fwd_us"]
-        row["ratio_fwdbwd"] = row["numpy_fwdbwd_us"] / row["torch_fwdbwd_us"]
+        row = time_config(cfg, args)
         rows.append(row)
+        spread = f"{min(row['ratio_fwdbwd_rounds']):.2f}-{max(row['ratio_fwdbwd_rounds']):.2f}"
         print(f"{cfg[0]:>4} {cfg[1]:>4} {cfg[2]:>4} {cfg[3]:>4} | {row['numpy_fwd_us']:>10.1f} "
               f"{row['torch_fwd_us']:>10.1f} {row['ratio_fwd']:>6.2f} | {row['numpy_fwdbwd_us']:>10.1f} "
-              f"{row['torch_fwdbwd_us']:>10.1f} {row['ratio_fwdbwd']:>6.2f}", flush=True)
+              f"{row['torch_fwdbwd_us']:>10.1f} {row['ratio_fwdbwd']:>6.2f} {spread:>11}", flush=True)
     if configs == CONFIGS:
         worst = max(r["ratio_fwdbwd"] for r in rows)
         big = max(r["ratio_fwdbwd"] for r in rows[-2:])
@@ -242,8 +260,8 @@ def main(argv=None):
     info["load_average_at_end"] = os.getloadavg()
     print(f"# load average (1, 5, 15 min): {info['load_average_at_start'][0]:.1f} at start, "
           f"{info['load_average_at_end'][0]:.1f} at end, on {info['cores']} cores (ratios assume a quiet machine)")
-    with open(args.json, "w") as f:
-        json.dump({"machine": info, "rounds": args.rounds, "clock": args.clock, "results": rows}, f, indent=2)
+    record = {"machine": info, "rounds": args.rounds, "clock": args.clock, "results": rows}
+    atomic_write(args.json, lambda f: f.write(json.dumps(record, indent=2).encode()))
     print(f"# wrote {args.json}")
     return 0
 
