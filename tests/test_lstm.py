@@ -73,30 +73,31 @@ def test_backward_accumulates_into_grads():
     assert all(not g.any() for g in lstm.grads.values())
 
 
-@pytest.mark.parametrize("mask", [None, "pre"])
-def test_reused_buffers_give_the_results_of_a_fresh_layer(mask):
-    """The layer keeps its buffers between calls (work): a call after others, of the same or another
-    length, equals the same call on a fresh layer, bit for bit; what earlier calls returned is not
-    overwritten by later ones."""
-    lstm, x, state, m, dy, dstate = layer_problem(5, 3, 2, 4, 2, 2.0, False, mask, seed=4)
+def test_reused_buffers_give_the_results_of_a_fresh_layer():
+    """The layer keeps its buffers, constants and per-step views between calls (work): a call after
+    others -- of the same length, another length, another batch size, with or without a mask -- equals
+    the same call on a fresh layer, bit for bit; what earlier calls returned is not overwritten."""
+    lstm, x, state, m, dy, dstate = layer_problem(5, 3, 2, 4, 2, 2.0, False, "pre", seed=4)
 
-    def run(layer, T):
+    def run(layer, T, n, masked):
         layer.zero_grad()
-        y, (h_n, c_n) = layer(x[:T], state, None if m is None else m[:T])
-        dx, (dh0, dc0) = layer.backward(dy[:T], dstate)
+        s, ds = (tuple(a[:, :n] for a in pair) for pair in (state, dstate))
+        y, (h_n, c_n) = layer(x[:T, :n], s, m[:T, :n] if masked else None)
+        dx, (dh0, dc0) = layer.backward(dy[:T, :n], ds)
         return [y, h_n, c_n, dx, dh0, dc0] + [g.copy() for g in layer.grads.values()]
 
-    first = run(lstm, 5)
+    first = run(lstm, 5, 3, True)
     kept = [a.copy() for a in first]
-    for T in (5, 3, 5):                                  # same shape (buffers reused), shorter, back again
+    # same call (everything reused), shorter, fewer rows, no mask, then back to the first
+    for call in ((5, 3, True), (3, 3, True), (5, 2, True), (5, 3, False), (5, 3, True)):
         fresh = LSTM(2, 4, num_layers=2, dtype=np.float64)
         fresh.params = {k: v.copy() for k, v in lstm.params.items()}
         fresh.zero_grad()
-        for a, b in zip(run(lstm, T), run(fresh, T)):
+        for a, b in zip(run(lstm, *call), run(fresh, *call)):
             np.testing.assert_array_equal(a, b)
     for a, b in zip(first, kept):
         np.testing.assert_array_equal(a, b)
-    assert {"Z", "gates", "Cs", "tanh_C", "dA", "P", "dW"} <= set(lstm._work[0])
+    assert {"Z", "gates", "Cs", "tanh_C", "dA", "P", "dW", "forward_steps", "backward_steps"} <= set(lstm._work[0])
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
