@@ -124,6 +124,27 @@ def test_folded_input_product_equals_hoisted(mask):
         assert_close(v, u, SAME_RTOL, f"d{name}")
 
 
+@pytest.mark.parametrize("mask", [None, "pre"])
+def test_each_row_alone_gives_that_rows_results(mask):
+    """Rows of a batch are independent: row n run alone (N = 1, where the backward multiplies dA's blocks
+    directly instead of gathering E) gives row n's outputs and gradients; the weight gradients add up."""
+    args, m, (dY, dh, dc) = sequence_problem(5, 3, 4, 6, 3.0, mask, seed=5)
+    Y, h_T, c_T, cache = sequence_forward(**args, mask=m)
+    dx, dh0, dc0, *dW = sequence_backward(dY, dh, dc, cache)
+    dW_rows = [np.zeros_like(w) for w in dW]
+    for n in range(3):
+        one = dict(args, x=args["x"][:, n:n + 1], h0=args["h0"][n:n + 1], c0=args["c0"][n:n + 1])
+        Y1, h1, c1, cache1 = sequence_forward(**one, mask=None if m is None else m[:, n:n + 1])
+        dx1, dh01, dc01, *dW1 = sequence_backward(dY[:, n:n + 1], dh[n:n + 1], dc[n:n + 1], cache1)
+        for u, v, what in zip((Y, h_T, c_T, dx, dh0, dc0), (Y1, h1, c1, dx1, dh01, dc01),
+                              ("Y", "h_T", "c_T", "dx", "dh0", "dc0")):
+            assert_close(v, u[:, n:n + 1] if u.ndim == 3 else u[n:n + 1], SAME_RTOL, f"{what} row {n}")
+        for acc, w in zip(dW_rows, dW1):
+            acc += w
+    for u, v, name in zip(dW, dW_rows, SEQ_ARGS[3:]):
+        assert_close(v, u, SAME_RTOL, f"d{name}")
+
+
 def test_all_true_mask_equals_no_mask():
     args, _, (dY, dh, dc) = sequence_problem(5, 3, 4, 6, 3.0, None, seed=3)
     ones = np.ones((5, 3), bool)
