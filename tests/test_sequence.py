@@ -126,8 +126,8 @@ def test_folded_input_product_equals_hoisted(mask):
 
 @pytest.mark.parametrize("mask", [None, "pre"])
 def test_each_row_alone_gives_that_rows_results(mask):
-    """Rows of a batch are independent: row n run alone (N = 1, where the backward multiplies dA's blocks
-    directly instead of gathering E) gives row n's outputs and gradients; the weight gradients add up."""
+    """Rows of a batch are independent: row n run alone (N = 1) gives row n's outputs and gradients,
+    and the rows' weight gradients add up to the batch's."""
     args, m, (dY, dh, dc) = sequence_problem(5, 3, 4, 6, 3.0, mask, seed=5)
     Y, h_T, c_T, cache = sequence_forward(**args, mask=m)
     dx, dh0, dc0, *dW = sequence_backward(dY, dh, dc, cache)
