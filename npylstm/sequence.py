@@ -257,7 +257,7 @@ def sequence_backward(dY, dh_T, dc_T, cache, work=None):
     alpha, beta = _kept(work, "factor_rows", (N, H, dtype), lambda: (
         _rows(_block_vector(H, dtype, 1, 0), N), _rows(_block_vector(H, dtype, 0, 1), N)))   # (N, 4H)
     chunk = max(1, CHUNK_BYTES // (N * 5 * H * dtype.itemsize))   # steps per chunk of dA and P
-    chunks = _kept(work, "backward_steps", tuple(map(id, (dA, P, gates if m is None else F_))),
+    chunks = _kept(work, "backward_steps", tuple(map(id, (dA, P, gates if m is None else F_))) + (chunk,),
                    lambda: _backward_steps(T, chunk, P, F_, dA))
     dot, add, mul = np.dot, np.add, np.multiply         # out positional in the loop (see sequence_forward)
     for steps, back, views in chunks:                   # chunks of steps, last first
