@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import npylstm
 from npylstm import LSTM, gpu
 from npylstm import sequence as numpy_backend
 from npylstm.cell import gate_blocks, sigmoid, step_backward, step_forward
@@ -84,15 +85,17 @@ def test_require_cuda_returns_cupy_when_all_is_there(monkeypatch):
 
 
 @pytest.mark.skipif(_gpu_usable(), reason="a usable GPU is present")
-def test_lstm_on_cuda_without_a_gpu_is_a_clear_runtime_error():
+@pytest.mark.parametrize("layer_class", ["LSTM", "GRU"])
+def test_layer_on_cuda_without_a_gpu_is_a_clear_runtime_error(layer_class):
+    cls = getattr(npylstm, layer_class)
     with pytest.raises(RuntimeError, match="CuPy|CUDA device|NVRTC"):
-        LSTM(3, 4, device="cuda")
-    lstm = LSTM(3, 4, seed=0)
-    params = {k: v.copy() for k, v in lstm.params.items()}
+        cls(3, 4, device="cuda")
+    layer = cls(3, 4, seed=0)
+    params = {k: v.copy() for k, v in layer.params.items()}
     with pytest.raises(RuntimeError):
-        lstm.to("cuda")
-    assert lstm.device == "cpu" and all(np.array_equal(params[k], v) for k, v in lstm.params.items())
-    lstm(np.ones((2, 1, 3)))  # still usable on the CPU
+        layer.to("cuda")
+    assert layer.device == "cpu" and all(np.array_equal(params[k], v) for k, v in layer.params.items())
+    layer(np.ones((2, 1, 3)))  # still usable on the CPU
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -280,18 +283,6 @@ def test_importing_npylstm_does_not_import_cupy():
 
 # ------------------------------------------------------------------------------------------ the GRU
 from npylstm import GRU, gru_gpu  # noqa: E402
-
-
-@pytest.mark.skipif(_gpu_usable(), reason="a usable GPU is present")
-def test_gru_on_cuda_without_a_gpu_is_a_clear_runtime_error():
-    with pytest.raises(RuntimeError, match="CuPy|CUDA device|NVRTC"):
-        GRU(3, 4, device="cuda")
-    gru = GRU(3, 4, seed=0)
-    params = {k: v.copy() for k, v in gru.params.items()}
-    with pytest.raises(RuntimeError):
-        gru.to("cuda")
-    assert gru.device == "cpu" and all(np.array_equal(params[k], v) for k, v in gru.params.items())
-    gru(np.ones((2, 1, 3)))  # still usable on the CPU
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -335,9 +335,9 @@ class EmulatedKernel:
         self.launches += 1
 
 
-@pytest.fixture
-def kernels_on_cpu(emulator, monkeypatch):
-    """npylstm.gpu with its launches running the real kernels on the CPU (NumPy arrays stand for CuPy's)."""
+def _launch_on_cpu(monkeypatch, emulator, module):
+    """Make `module`'s launches (npylstm.gpu's or gru_gpu's get_function) run the real kernels on the CPU
+    through `emulator`, NumPy arrays standing for CuPy's; returns the kernels made, by full name."""
     from npylstm import gpu
     made = {}
 
@@ -345,10 +345,17 @@ def kernels_on_cpu(emulator, monkeypatch):
         full = f"npylstm::{name}{version}<{gpu.TYPE_NAMES[np.dtype(dtype)]}>"
         return made.setdefault(full, EmulatedKernel(emulator, full, dtype))
 
-    monkeypatch.setattr(gpu, "get_function", get_function)
+    monkeypatch.setattr(module, "get_function", get_function)
     monkeypatch.setattr(gpu, "require_cuda", lambda where="": np)
     monkeypatch.setattr(gpu, "POISON", True)
     return made
+
+
+@pytest.fixture
+def kernels_on_cpu(emulator, monkeypatch):
+    """npylstm.gpu with its launches running the real kernels on the CPU (NumPy arrays stand for CuPy's)."""
+    from npylstm import gpu
+    return _launch_on_cpu(monkeypatch, emulator, gpu)
 
 
 EMU_N = st.sampled_from([1, 2, 7, 8, 9, 17])            # 1, primes, the tile height TN = 8 and past it
@@ -661,17 +668,8 @@ def gru_emulator(tmp_path_factory):
 @pytest.fixture
 def gru_kernels_on_cpu(gru_emulator, monkeypatch):
     """npylstm.gru_gpu with its launches running the real GRU kernels on the CPU (NumPy arrays for CuPy's)."""
-    from npylstm import gpu, gru_gpu
-    made = {}
-
-    def get_function(name, version, dtype):
-        full = f"npylstm::{name}{version}<{gpu.TYPE_NAMES[np.dtype(dtype)]}>"
-        return made.setdefault(full, EmulatedKernel(gru_emulator, full, dtype))
-
-    monkeypatch.setattr(gru_gpu, "get_function", get_function)
-    monkeypatch.setattr(gpu, "require_cuda", lambda where="": np)
-    monkeypatch.setattr(gpu, "POISON", True)
-    return made
+    from npylstm import gru_gpu
+    return _launch_on_cpu(monkeypatch, gru_emulator, gru_gpu)
 
 
 def _gru_weights(rng, dtype, D, H):
