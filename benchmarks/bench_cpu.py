@@ -1,6 +1,7 @@
 """CPU benchmark: npylstm (NumPy) vs PyTorch's nn.LSTM, float32, microseconds per time step.
 
     python3 benchmarks/bench_cpu.py [--threads 2] [--rounds 5] [--repeats 15] [--json bench_cpu.json]
+    python3 benchmarks/bench_cpu.py --split     # forward and backward apart, and npylstm's products alone
 
 For each (T, N, D, H) it first checks correctness (npylstm loaded from the nn.LSTM's weights gives the
 same outputs and gradients, float32), then times forward and forward+backward of a one-layer LSTM
@@ -46,7 +47,7 @@ def problem(T, N, D, H, seed=0):
 
 # ---------------------------------------------------------------------- the two sides
 def make_numpy(T, N, D, H):
-    """(forward, forward_backward) closures for npylstm."""
+    """(forward, forward_backward, split) closures for npylstm (split: see --split)."""
     from npylstm import from_torch
     sd, x, h0, c0, dy = problem(T, N, D, H)
     lstm = from_torch(sd, dtype=np.float32)
@@ -58,7 +59,44 @@ def make_numpy(T, N, D, H):
         y, _ = lstm(x, (h0, c0))
         return lstm.backward(dy)
 
-    return forward, forward_backward
+    products = products_alone(T, N, D, H)
+
+    def split():
+        t0 = time.perf_counter()
+        lstm(x, (h0, c0))
+        t1 = time.perf_counter()
+        lstm.backward(dy)
+        t2 = time.perf_counter()
+        return {"fwd": t1 - t0, "bwd": t2 - t1, **products()}
+
+    return forward, forward_backward, split
+
+
+def products_alone(T, N, D, H):
+    """A closure timing only the matrix products npylstm's sequence makes at this size (same shapes, same
+    calls, random operands): the floor under its forward and backward with this BLAS, {"fwd_products": s,
+    "bwd_products": s}."""
+    rng = np.random.default_rng(0)
+    r = lambda *shape: rng.standard_normal(shape, dtype=np.float32)
+    K = H + D + 1
+    fold = 4 * (D + 1) <= H                                 # sequence_forward's choice
+    Z, dA, W1, W_hT, W_xT = r(T, N, K), r(T, N, 4 * H), r(K, 4 * H), r(4 * H, H), r(4 * H, D)
+    A, dH, dW = np.empty((T, N, 4 * H), np.float32), np.empty((N, H), np.float32), np.empty((K, 4 * H), np.float32)
+
+    def run():
+        t0 = time.perf_counter()
+        if not fold:                                        # the input product of all steps, then H_prev W_h
+            np.dot(Z.reshape(T * N, K)[:, H:], W1[H:], out=A.reshape(T * N, 4 * H))
+        for t in range(T):
+            np.dot(Z[t] if fold else Z[t, :, :H], W1 if fold else W1[:H], A[t])
+        t1 = time.perf_counter()
+        for t in range(T - 1, -1, -1):
+            np.dot(dA[t], W_hT, dH)                         # dH_prev = dA W_hᵀ
+        np.dot(Z.reshape(T * N, K).T, dA.reshape(T * N, 4 * H), out=dW)   # [dW_h ; dW_x ; db] = Zᵀ dA
+        dA.reshape(T * N, 4 * H) @ W_xT                     # dx = dA W_xᵀ
+        return {"fwd_products": t1 - t0, "bwd_products": time.perf_counter() - t1}
+
+    return run
 
 
 def torch_reference(T, N, D, H):
@@ -83,7 +121,14 @@ def make_torch(T, N, D, H):
         y, _ = ref(tx, (th0, tc0))
         y.backward(tdy)
 
-    return forward, forward_backward
+    def split():
+        t0 = time.perf_counter()
+        y, _ = ref(tx, (th0, tc0))                          # forward with autograd on (what f+b runs)
+        t1 = time.perf_counter()
+        y.backward(tdy)
+        return {"fwd": t1 - t0, "bwd": time.perf_counter() - t1}
+
+    return forward, forward_backward, split
 
 
 def check(T, N, D, H):
@@ -104,8 +149,10 @@ def check(T, N, D, H):
     return max(errs)
 
 
-def worker(side, T, N, D, H, threads, repeats, warmup, clock="wall"):
-    """Runs in its own process: times one side, prints {"fwd": [s, ...], "fwdbwd": [s, ...]} (per call).
+def worker(side, T, N, D, H, threads, repeats, warmup, clock="wall", split=False):
+    """Runs in its own process: times one side, prints {"fwd": [s, ...], "fwdbwd": [s, ...]} (per call);
+    with split, the forward and the backward of each forward+backward call instead, and for numpy the
+    products alone ({"fwd": [...], "bwd": [...], "fwd_products": [...], "bwd_products": [...]}, wall clock).
 
     clock "wall" is time.perf_counter; "cpu" is time.process_time, the CPU time of this process: on a
     machine shared with other work it leaves out the time spent waiting for a core (meaningful with
@@ -121,8 +168,16 @@ def worker(side, T, N, D, H, threads, repeats, warmup, clock="wall"):
     if side == "torch":
         import torch
         torch.set_num_threads(threads)
-    forward, forward_backward = (make_numpy if side == "numpy" else make_torch)(T, N, D, H)
+    forward, forward_backward, split_call = (make_numpy if side == "numpy" else make_torch)(T, N, D, H)
     out = {}
+    if split:
+        for _ in range(warmup):
+            split_call()
+        for _ in range(repeats):
+            for k, v in split_call().items():
+                out.setdefault(k, []).append(v)
+        print(json.dumps(out))
+        return
     for name, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
         for _ in range(warmup):
             fn()
@@ -138,7 +193,7 @@ def worker(side, T, N, D, H, threads, repeats, warmup, clock="wall"):
 def run_worker(side, cfg, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--config", ",".join(map(str, cfg)),
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--clock", args.clock]
+           "--clock", args.clock] + ["--split"] * args.split
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"{side} worker failed for {cfg}:\n{res.stderr}")
@@ -148,29 +203,28 @@ def run_worker(side, cfg, args):
 def time_config(cfg, args):
     """One benchmark row: `args.rounds` rounds, each a numpy worker then a torch worker, back to back.
 
-    Times: medians over every repeat of every round, per time step. Ratios: the median over rounds of
-    (numpy's median / torch's median in that round). A round's two workers run seconds apart, so the
-    per-round ratio cancels the machine's slow drifts (other tenants on a shared VM), and the spread of
-    the per-round ratios shows how far one run can be trusted.
+    Times: medians over every repeat of every round, per time step, as `{side}_{what}_us`. Ratios, for
+    what both sides time: the median over rounds of (numpy's median / torch's median in that round), as
+    `ratio_{what}`, and each round's as `ratio_{what}_rounds`. A round's two workers run seconds apart, so
+    the per-round ratio cancels the machine's slow drifts (other tenants on a shared VM), and the spread
+    of the per-round ratios shows how far one run can be trusted.
     """
     T = cfg[0]
     reps = repeats_for(cfg, args.repeats)
-    samples = {s: {"fwd": [], "fwdbwd": []} for s in ("numpy", "torch")}
-    ratios = {"fwd": [], "fwdbwd": []}
+    samples, ratios = {}, {}
     for _ in range(args.rounds):
         got = {side: run_worker(side, cfg, argparse.Namespace(**{**vars(args), "repeats": reps}))
                for side in ("numpy", "torch")}
-        for k in ratios:
-            ratios[k].append(float(np.median(got["numpy"][k]) / np.median(got["torch"][k])))
-            for side in got:
-                samples[side][k] += got[side][k]
-    med = {s: {k: float(np.median(v)) / T * 1e6 for k, v in samples[s].items()} for s in samples}
-    return dict(T=cfg[0], N=cfg[1], D=cfg[2], H=cfg[3],
-                numpy_fwd_us=med["numpy"]["fwd"], torch_fwd_us=med["torch"]["fwd"],
-                numpy_fwdbwd_us=med["numpy"]["fwdbwd"], torch_fwdbwd_us=med["torch"]["fwdbwd"],
-                samples_per_side=len(samples["numpy"]["fwd"]),
-                ratio_fwd=float(np.median(ratios["fwd"])), ratio_fwdbwd=float(np.median(ratios["fwdbwd"])),
-                ratio_fwd_rounds=ratios["fwd"], ratio_fwdbwd_rounds=ratios["fwdbwd"])
+        for k in got["torch"]:                          # what both sides time
+            ratios.setdefault(k, []).append(float(np.median(got["numpy"][k]) / np.median(got["torch"][k])))
+        for side, times in got.items():
+            for k, v in times.items():
+                samples.setdefault(f"{side}_{k}_us", []).extend(v)
+    row = dict(T=cfg[0], N=cfg[1], D=cfg[2], H=cfg[3], samples_per_side=len(samples["numpy_fwd_us"]))
+    row.update({name: float(np.median(v)) / T * 1e6 for name, v in samples.items()})
+    row.update({f"ratio_{k}": float(np.median(v)) for k, v in ratios.items()})
+    row.update({f"ratio_{k}_rounds": v for k, v in ratios.items()})
+    return row
 
 
 def repeats_for(cfg, base):
@@ -211,6 +265,8 @@ def main(argv=None):
     p.add_argument("--configs", default=None, help="T,N,D,H;T,N,D,H;... (default: the five of the issue)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: perf_counter (default); cpu: process CPU time, for a loaded machine, with --threads 1")
+    p.add_argument("--split", action="store_true",
+                   help="time the forward and the backward of forward+backward apart, and npylstm's products alone")
     p.add_argument("--json", default="bench_cpu.json", help="where to write the results (default bench_cpu.json)")
     p.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -218,8 +274,11 @@ def main(argv=None):
     sys.path.insert(0, ROOT)
     from npylstm.files import atomic_write
     if args.worker:
-        worker(args.worker, *map(int, args.config.split(",")), args.threads, args.repeats, args.warmup, args.clock)
+        worker(args.worker, *map(int, args.config.split(",")), args.threads, args.repeats, args.warmup, args.clock,
+               args.split)
         return 0
+    if args.split and args.clock == "cpu":
+        p.error("--split times with the wall clock")
     if args.clock == "cpu" and args.threads != 1:
         p.error("--clock cpu needs --threads 1 (CPU time adds up the threads and counts their spin-waiting)")
 
@@ -238,20 +297,31 @@ def main(argv=None):
             return 1
     print(f"# times: microseconds per time step ({args.clock} clock), median of {args.rounds} rounds x repeats, "
           f"each side in its own process, alternating; ratio: median over rounds of the round's numpy / torch "
-          f"(its min-max after the f+b ratio)")
-    head = (f"{'T':>4} {'N':>4} {'D':>4} {'H':>4} | {'numpy fwd':>10} {'torch fwd':>10} {'ratio':>6} | "
-            f"{'numpy f+b':>10} {'torch f+b':>10} {'ratio':>6} {'rounds':>11}")
+          f"(its min-max after the last ratio)")
+    if args.split:
+        print("# split: the forward (torch: with autograd on) and the backward of each forward+backward call; "
+              "'products': npylstm's matrix products alone, same shapes and calls")
+    phases = {"fwd": "fwd", "bwd": "bwd"} if args.split else {"fwd": "fwd", "fwdbwd": "f+b"}
+    last = list(phases)[-1]
+
+    def cells(k, row=None):
+        """One phase's columns: numpy, [numpy's products alone,] torch, ratio (headers when row is None)."""
+        if row is None:
+            return f"{'numpy ' + phases[k]:>10} " + "products " * args.split + f"{'torch ' + phases[k]:>10} {'ratio':>6}"
+        products = f"{row[f'numpy_{k}_products_us']:>8.1f} " if args.split else ""
+        return f"{row[f'numpy_{k}_us']:>10.1f} {products}{row[f'torch_{k}_us']:>10.1f} {row[f'ratio_{k}']:>6.2f}"
+
+    head = f"{'T':>4} {'N':>4} {'D':>4} {'H':>4} | " + " | ".join(map(cells, phases)) + f" {'rounds':>11}"
     print(head)
     print("-" * len(head))
     rows = []
     for cfg in configs:
         row = time_config(cfg, args)
         rows.append(row)
-        spread = f"{min(row['ratio_fwdbwd_rounds']):.2f}-{max(row['ratio_fwdbwd_rounds']):.2f}"
-        print(f"{cfg[0]:>4} {cfg[1]:>4} {cfg[2]:>4} {cfg[3]:>4} | {row['numpy_fwd_us']:>10.1f} "
-              f"{row['torch_fwd_us']:>10.1f} {row['ratio_fwd']:>6.2f} | {row['numpy_fwdbwd_us']:>10.1f} "
-              f"{row['torch_fwdbwd_us']:>10.1f} {row['ratio_fwdbwd']:>6.2f} {spread:>11}", flush=True)
-    if configs == CONFIGS:
+        spread = f"{min(row[f'ratio_{last}_rounds']):.2f}-{max(row[f'ratio_{last}_rounds']):.2f}"
+        print(f"{cfg[0]:>4} {cfg[1]:>4} {cfg[2]:>4} {cfg[3]:>4} | " + " | ".join(cells(k, row) for k in phases)
+              + f" {spread:>11}", flush=True)
+    if configs == CONFIGS and not args.split:
         worst = max(r["ratio_fwdbwd"] for r in rows)
         big = max(r["ratio_fwdbwd"] for r in rows[-2:])
         print(f"# targets (forward+backward ratio): <= {TARGET_ALL} on every row: worst {worst:.2f} "
@@ -260,7 +330,7 @@ def main(argv=None):
     info["load_average_at_end"] = os.getloadavg()
     print(f"# load average (1, 5, 15 min): {info['load_average_at_start'][0]:.1f} at start, "
           f"{info['load_average_at_end'][0]:.1f} at end, on {info['cores']} cores (ratios assume a quiet machine)")
-    record = {"machine": info, "rounds": args.rounds, "clock": args.clock, "results": rows}
+    record = {"machine": info, "rounds": args.rounds, "clock": args.clock, "split": args.split, "results": rows}
     atomic_write(args.json, lambda f: f.write(json.dumps(record, indent=2).encode()))
     print(f"# wrote {args.json}")
     return 0
