@@ -78,10 +78,11 @@ def products_alone(T, N, D, H):
     """A closure timing only the matrix products npylstm's sequence makes at this size (same shapes, same
     calls, random operands): the floor under its forward and backward with this BLAS, {"fwd_products": s,
     "bwd_products": s}."""
+    from npylstm.sequence import folds_input
     rng = np.random.default_rng(0)
     r = lambda *shape: rng.standard_normal(shape, dtype=np.float32)
     K = H + D + 1
-    fold = 4 * (D + 1) <= H                                 # sequence_forward's choice
+    fold = folds_input(D, H)                                # sequence_forward's choice
     Z, dA, W1, W_hT, W_xT = r(T, N, K), r(T, N, 4 * H), r(K, 4 * H), r(4 * H, H), r(4 * H, D)
     A, dH, dW = np.empty((T, N, 4 * H), np.float32), np.empty((N, H), np.float32), np.empty((K, 4 * H), np.float32)
 

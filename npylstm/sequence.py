@@ -119,6 +119,12 @@ class SequenceCache(NamedTuple):
     mask: Optional[np.ndarray]    # (T, N, 1) of 0/1 in the data dtype, or None
 
 
+def folds_input(D, H):
+    """sequence_forward's choice by size: with D small next to H, [X_t | 1] rides in each step's product
+    (K = H+D+1 costs less than a second call); otherwise X W_x + b is one product before the loop."""
+    return 4 * (D + 1) <= H
+
+
 def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None, work=None):
     """x : (T, N, D), h0, c0 : (N, H), W_x : (D, 4H), W_h : (H, 4H), b : (4H,), mask : (T, N) bool or None.
 
@@ -143,8 +149,8 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, fold=None, work=None):
     Z[:, :, H + D] = 1
     Hs = Z[:, :, :H]                                    # (T+1, N, H) view: H_0 .. H_T
     W1 = np.concatenate([W_h, W_x, b[None, :]]) * scale                 # (H+D+1, 4H)
-    if fold is None:                                    # small D: [X_t | 1] rides in the step's product
-        fold = 4 * (D + 1) <= H                         # (K = H+D+1 costs less than a second call)
+    if fold is None:
+        fold = folds_input(D, H)
     gates = _empty(work, "gates", (T, N, 4 * H), dtype)
     if not fold:                                        # hoisted input product, all T steps at once:
         np.dot(Z[:T].reshape(T * N, H + D + 1)[:, H:], W1[H:], out=gates.reshape(T * N, 4 * H))  # [X|1] [W_x;b]
