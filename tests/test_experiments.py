@@ -80,7 +80,7 @@ def load_json(path):
 def test_sine_both_models_beat_last_value(sine_run):
     code, out = sine_run
     assert code == 0
-    mse = load_json(out / "sine.json")["test_mse"]
+    mse = load_json(out / "sine_quick.json")["test_mse"]
     for model in ("stateless", "stateful"):
         assert mse[model] < mse["last_value"], \
             f"{model} test MSE {mse[model]:.5f} >= last value {mse['last_value']:.5f}"
@@ -90,8 +90,8 @@ def test_sine_both_models_beat_last_value(sine_run):
 def test_sine_writes_figure_and_json(sine_run):
     code, out = sine_run
     assert code == 0
-    assert_png(out / "sine.png")
-    results = load_json(out / "sine.json")
+    assert_png(out / "sine_quick.png")
+    results = load_json(out / "sine_quick.json")
     assert results["config"]["train_points"] == 800 and results["config"]["test_points"] == 200
     assert len(results["history"]["stateless"]) == sine.SETTINGS["quick"]["epochs"]
 
@@ -99,7 +99,7 @@ def test_sine_writes_figure_and_json(sine_run):
 def test_sine_same_seed_same_results_other_seed_differs(sine_run):
     _, out = sine_run
     again, _ = sine.experiment(seed=0, quick=True, progress=False)
-    assert again["test_mse"] == load_json(out / "sine.json")["test_mse"]
+    assert again["test_mse"] == load_json(out / "sine_quick.json")["test_mse"]
     other, _ = sine.experiment(seed=1, quick=True, epochs=2, progress=False)
     assert other["test_mse"]["last_value"] != again["test_mse"]["last_value"]   # other noise
 
