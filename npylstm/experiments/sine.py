@@ -20,8 +20,6 @@ each prediction fed back as the next input; the figure shows truth against the o
 on the test part, and the continuations.
 """
 
-import os
-
 import numpy as np
 
 import npylstm
@@ -241,8 +239,8 @@ def _run(args):
                                      progress=args.progress, cell=args.cell)
     results["seconds"]["total_s"] = tm.seconds
     stem = "sine" if args.cell == "lstm" else f"sine_{args.cell}"    # the LSTM keeps its file names
-    png = figure(arrays, results, os.path.join(out, f"{stem}.png"))
-    js = common.write_json(os.path.join(out, f"{stem}.json"), results)
+    js = common.write_json(common.output_path(out, stem, "json", args.quick), results)
+    written = [figure(arrays, results, common.output_path(out, stem, "png", args.quick))] if args.plot else []
     print(table(results))
-    print(f"wrote {png} and {js} ({tm.seconds:.1f} s)")
+    print(f"wrote {' and '.join(written + [js])} ({tm.seconds:.1f} s)")
     return 0
