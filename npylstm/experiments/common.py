@@ -262,10 +262,11 @@ class Timer:
 QUICK_SUFFIX = "_quick"   # a --quick run's files: alphabet_quick.png, alphabet_quick.json, ...
 
 
-def out_dir(args):
+def out_dir(args, figures=True):
     """args.out made ready before any training: created, checked writable (a file is created and removed in
-    it), and matplotlib importable when figures are asked for (args.plot). CommandError (one line) if not."""
-    if getattr(args, "plot", False):
+    it), and matplotlib importable when the command draws (`figures`) and figures are asked for (args.plot).
+    CommandError (one line) if not."""
+    if figures and getattr(args, "plot", False):
         pyplot()
     try:
         os.makedirs(args.out, exist_ok=True)
