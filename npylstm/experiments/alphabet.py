@@ -206,8 +206,9 @@ def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True, c
 
 def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, only=None, cell="lstm"):
     rows = [run_one(name, seed, quick, epochs, device, progress, cell) for name in (only or SETTINGS)]
-    return {"command": "alphabet", "quick": quick, "config": {"seed": seed, "quick": quick, "device": device, "cell": cell,
-                                              "encoding": "letter index / 26, one feature per letter"},
+    return {"command": "alphabet", "quick": quick,
+            "config": {"seed": seed, "quick": quick, "device": device, "cell": cell,
+                       "encoding": "letter index / 26, one feature per letter"},
             "experiments": rows}
 
 
