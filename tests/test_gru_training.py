@@ -234,8 +234,8 @@ def test_sine_gru_beats_last_value(tmp_path, capsys):
     code = cli.main(["sine", "--cell", "gru", "--quick", "--no-progress", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
-    results = json.loads((tmp_path / "sine_gru.json").read_text())
-    assert results["config"]["cell"] == "gru" and (tmp_path / "sine_gru.png").stat().st_size > 0
+    results = json.loads((tmp_path / "sine_gru_quick.json").read_text())
+    assert results["config"]["cell"] == "gru" and (tmp_path / "sine_gru_quick.png").stat().st_size > 0
     mse = results["test_mse"]
     for model in ("stateless", "stateful"):
         assert mse[model] < mse["last_value"], f"GRU {model} test MSE {mse[model]:.5f} >= last value " \
@@ -258,10 +258,10 @@ def test_alphabet_cli_with_gru_writes_its_own_files(tmp_path, capsys):
                      "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "cell: GRU" in out
-    results = json.loads((tmp_path / "alphabet_gru.json").read_text())
+    results = json.loads((tmp_path / "alphabet_gru_quick.json").read_text())
     assert results["config"]["cell"] == "gru" and results["experiments"][0]["cell"] == "gru"
     assert len(results["experiments"][0]["epoch_seconds"]) == 3
-    assert not (tmp_path / "alphabet.json").exists()       # the LSTM's files are not overwritten
+    assert not (tmp_path / "alphabet_quick.json").exists()   # the LSTM's files are not overwritten
 
 
 def test_gate_recorder_refuses_a_stack_with_a_gru():
