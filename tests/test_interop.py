@@ -106,7 +106,7 @@ def test_torch_state_dict_round_trip(batch_first):
     sd = to_torch_state_dict(ours)
     assert set(sd) == set(ref.state_dict())
     fresh = torch.nn.LSTM(3, 5, num_layers=2, batch_first=batch_first, dtype=torch.float64)
-    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    fresh.load_state_dict(sd, strict=True)
     x = torch.from_numpy(nonzero(rng, (4, 6, 3)))
     state = tuple(torch.from_numpy(nonzero(rng, (2, 4 if batch_first else 6, 5))) for _ in range(2))
     with torch.no_grad():
@@ -142,7 +142,7 @@ def test_interop_refusals_name_the_problem():
         from_torch(torch.nn.LSTM(2, 3, bidirectional=True))
     with pytest.raises(ValueError, match="from_torch: expected an nn.LSTM"):
         from_torch(42)
-    with pytest.raises(ValueError, match="from_keras: expected \\[kernel, recurrent_kernel, bias\\], got 2"):
+    with pytest.raises(ValueError, match="from_keras: expected \\[kernel, recurrent_kernel, bias\\] of one LSTM or GRU layer, got 2"):
         from_keras([np.ones((2, 8)), np.ones((2, 8))])
     with pytest.raises(ValueError, match="from_keras: bias has shape"):
         from_keras([np.ones((2, 8)), np.ones((2, 8)), np.ones(7)])
