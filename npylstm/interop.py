@@ -83,7 +83,10 @@ def _build(where, cls, derived, options, evidence):
     for k, v in derived.items():
         if k in options and options[k] != v:
             raise ValueError(f"{where}: {k}={options[k]!r} contradicts the weights, which give {k}={v!r} ({evidence})")
-    return cls(**{**options, **derived})
+    try:
+        return cls(**{**options, **derived})
+    except ValueError as e:                     # an option the layer refuses: "from_torch: LSTM: seed must be ..."
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _swap_rz(a):

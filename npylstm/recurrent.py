@@ -117,7 +117,7 @@ class Recurrent:
         """
         return load_params(f"{self.name}.load_state_dict", self.params, state_dict, strict)
 
-    def reset_states(self, rows=None, *, batch_size=None):
+    def reset_states(self, rows: Optional[Any] = None, *, batch_size: Optional[int] = None) -> None:
         """Stateful mode: zero the carried state.
 
         rows : (N,) booleans -- zero only those rows (their sequences ended); None -- all rows.
@@ -144,12 +144,12 @@ class Recurrent:
                 s[:, rows] = 0
 
     @property
-    def state(self):
+    def state(self) -> Any:
         """Stateful mode: the carried state ((h, c) for the LSTM, h for the GRU), each (L, N, H), or None."""
         return None if self._state is None else self._pack(self._state)
 
     @state.setter
-    def state(self, value):
+    def state(self, value: Any) -> None:
         """Stateful mode: set the carried state (copied), locking the batch size to its N; None clears it."""
         where = f"{self.name}.state"
         if value is None:
