@@ -288,7 +288,7 @@ class Recurrent:
         return xp.ascontiguousarray(dx), self._pack(d0)
 
     # ------------------------------------------------------------------ device
-    def to(self, device: str, kernel: Optional[int] = None) -> "Recurrent":
+    def to(self, device: str, kernel: Optional[int] = None) -> Recurrent:
         """Move parameters, gradients and carried state to `device`; returns self.
 
         device : 'cpu', 'cuda' or 'cuda:N' (N must be the current CUDA device: npylstm runs where CuPy
