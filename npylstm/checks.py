@@ -132,7 +132,8 @@ def load_params(where: str, params: Mapping[str, Any], state_dict: Any, strict: 
                          + f"; expected the keys {list(params)}")
     if strict and unexpected:
         raise ValueError(f"{where}: unexpected key {unexpected[0]!r}"
-                         + (f" (and {unexpected[1:]})" if unexpected[1:] else "") + f"; expected the keys {list(params)}")
+                         + (f" (and {unexpected[1:]})" if unexpected[1:] else "")
+                         + f"; expected the keys {list(params)}")
     values = {}
     for k, target in params.items():
         if k not in state_dict:

@@ -374,3 +374,32 @@ def test_public_api_is_documented_and_typed():
     assert (pathlib.Path(npylstm.__file__).parent / "py.typed").exists()
     toml = (pathlib.Path(npylstm.__file__).parent.parent / "pyproject.toml").read_text()
     assert '"npylstm" = ["py.typed"]' in toml
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_usable(), reason="no usable CUDA device (cupy.is_available() is False)")
+@pytest.mark.parametrize("cls", CELLS)
+def test_cuda_layers_state_dict_pickle_and_interop_on_a_gpu(cls):
+    """On a GPU: cuda:0, state_dict (host copies), load_state_dict into CuPy arrays, pickle back onto the
+    GPU, to_keras from device arrays, and a parameter replaced by a host array refused at forward."""
+    import cupy
+    cpu = CELLS[cls](3, 4, num_layers=2, dtype=np.float64, seed=0, stateful=True)
+    dev = CELLS[cls](3, 4, num_layers=2, dtype=np.float64, seed=1, stateful=True,
+                     device=f"cuda:{cupy.cuda.runtime.getDevice()}")
+    dev.load_state_dict(cpu.state_dict())
+    assert all(isinstance(v, cupy.ndarray) for v in dev.params.values())
+    sd = dev.state_dict()
+    assert all(type(v) is np.ndarray and np.array_equal(v, cpu.params[k]) for k, v in sd.items())
+    x = np.random.default_rng(0).normal(size=(5, 2, 3))
+    dev(x)
+    back = pickle.loads(pickle.dumps(dev))
+    assert back.device == "cuda" and all(isinstance(v, cupy.ndarray) for v in back.params.values())
+    for a, b in zip(states_of(dev), states_of(back)):
+        assert np.array_equal(cupy.asnumpy(a), cupy.asnumpy(b))
+    (y1, _), (y2, _) = dev(x), back(x)
+    assert np.array_equal(cupy.asnumpy(y1), cupy.asnumpy(y2))
+    single = CELLS[cls](3, 4, dtype=np.float64, seed=0, device="cuda")
+    assert all(type(a) is np.ndarray for a in single.to_keras())
+    single.params["W_h_l0"] = cupy.asnumpy(single.params["W_h_l0"])
+    with pytest.raises(ValueError, match=rf"^{cls}.forward: params\['W_h_l0'\] is a numpy.ndarray, expected a cupy"):
+        single(x)
