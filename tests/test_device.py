@@ -99,7 +99,7 @@ def test_layer_on_cuda_without_a_gpu_is_a_clear_runtime_error(layer_class):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(device="gpu"), "LSTM.to: device must be 'cpu' or 'cuda', got 'gpu'"),
+    (dict(device="gpu"), "^LSTM: device must be 'cpu', 'cuda' or 'cuda:N' .*, got 'gpu'"),
     (dict(device="cpu", kernel=1), "kernel selects a CUDA kernel version"),
     (dict(device="cuda", kernel=3), "kernel must be one of 1, 2, got 3"),
     (dict(device="cuda", kernel=0), "kernel must be one of 1, 2, got 0"),
@@ -286,10 +286,10 @@ from npylstm import GRU, gru_gpu  # noqa: E402
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(device="gpu"), "GRU.to: device must be 'cpu' or 'cuda', got 'gpu'"),
-    (dict(device="cpu", kernel=1), "GRU.to: kernel selects a CUDA kernel version"),
-    (dict(device="cuda", kernel=2), "GRU.to: kernel must be one of 1 for the GRU, got 2"),
-    (dict(device="cuda", kernel=True), "GRU.to: kernel must be one of 1 for the GRU, got True"),
+    (dict(device="gpu"), "^GRU: device must be 'cpu', 'cuda' or 'cuda:N' .*, got 'gpu'"),
+    (dict(device="cpu", kernel=1), "^GRU: kernel selects a CUDA kernel version"),
+    (dict(device="cuda", kernel=2), "^GRU: kernel must be one of 1 for the GRU, got 2"),
+    (dict(device="cuda", kernel=True), "^GRU: kernel must be one of 1 for the GRU, got True"),
 ])
 def test_gru_device_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
