@@ -82,27 +82,11 @@ bench_verdict() {  # log status seconds
     fi
 }
 
-[ "${BASH_SOURCE[0]}" = "$0" ] || return 0   # sourced (by the tests): the definitions only
-
-# ---------------------------------------------------------------------------------------------- the run
-cd "$(dirname "$0")/.." || exit 2
-stage=${1:-${STAGE:-1}}
-case "$stage" in 1|2) ;; *) echo "gpu_check: stage must be 1 or 2, got '$stage'" >&2; exit 2 ;; esac
-out=${OUT:-out/gpu}
-python=${PYTHON:-python3}
-GATE_S=${GATE_S:-45} PYTEST_S=${PYTEST_S:-170} SANITIZER_S=${SANITIZER_S:-170}
-BENCH_S=${BENCH_S:-120} SEQUENCE_S=${SEQUENCE_S:-150}
-mkdir -p "$out" || exit 2
-summary="$out/summary.txt"
-: > "$summary"
-
-say() { echo "$*" | tee -a "$summary"; }   # one line, to stdout and summary.txt at once
-
-# The environment, and whether there is a usable GPU at all (gpu.require_cuda says what is missing).
-# Prints "ENV ..." lines and "compute_mode N" (0: default, several processes may share the device).
-gate() {
-    local report rc
-    report=$(timeout -k 5 "$GATE_S" "$python" - 2>&1 <<'EOF'
+# The environment, and whether there is a usable GPU at all: gpu.require_cuda says what is missing ("NO-GPU ...",
+# status 3). Then "ENV ..." lines (a field that cannot be read says so and the check goes on) and "compute_mode N"
+# (0: several processes may share the device; "unknown" if it cannot be read).
+device_report() {
+    timeout -k 5 "$GATE_S" "$python" - 2>&1 <<'EOF'
 import platform, subprocess, sys
 from npylstm import gpu
 try:
@@ -112,34 +96,69 @@ try:
 except RuntimeError as e:
     print(f"NO-GPU {e}")
     sys.exit(3)
-import numpy
 rt = cupy.cuda.runtime
-p = rt.getDeviceProperties(0)
-v = lambda n: f"{n // 1000}.{n % 1000 // 10}"
-print(f"ENV gpu {p['name'].decode()}, sm_{p['major']}{p['minor']}, {p['multiProcessorCount']} SMs, "
-      f"{p['totalGlobalMem'] / 2**30:.0f} GiB; {rt.getDeviceCount()} device(s)")
-print(f"ENV driver CUDA {v(rt.driverGetVersion())}, runtime CUDA {v(rt.runtimeGetVersion())}, "
-      f"NVRTC {'.'.join(map(str, cupy.cuda.nvrtc.getVersion()))}")
-try:
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                         text=True, timeout=10).stdout.strip()
-except Exception as e:
-    smi = f"? ({type(e).__name__})"
-try:
+version = lambda n: f"{n // 1000}.{n % 1000 // 10}"
+
+
+def env(label, read):
+    try:
+        print(f"ENV {label} {read()}")
+    except Exception as e:
+        print(f"ENV {label} ? ({type(e).__name__}: {e})")
+
+
+def gpu_line():
+    p = rt.getDeviceProperties(0)
+    name = p["name"].decode() if isinstance(p["name"], bytes) else p["name"]
+    sms = rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, 0)
+    return (f"{name}, sm_{cupy.cuda.Device(0).compute_capability}, {sms} SMs, {p['totalGlobalMem'] / 2**30:.0f} GiB; "
+            f"{rt.getDeviceCount()} device(s)")
+
+
+def torch_line():
     import torch
-    tv = f"{torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, " \
-         f"cuda available {torch.cuda.is_available()}"
-except Exception as e:
-    tv = f"not importable ({type(e).__name__}: {e})"
-print(f"ENV nvidia driver {smi}; python {platform.python_version()}; CuPy {cupy.__version__}; "
-      f"NumPy {numpy.__version__}; torch {tv}")
-print(f"compute_mode {p['computeMode']}")
+    return (f"{torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+            f"cuda available {torch.cuda.is_available()}")
+
+
+env("gpu", gpu_line)
+env("CUDA", lambda: f"driver {version(rt.driverGetVersion())}, runtime {version(rt.runtimeGetVersion())}, NVRTC "
+                    f"{'.'.join(map(str, cupy.cuda.nvrtc.getVersion()))}")
+env("nvidia-smi driver", lambda: subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                                capture_output=True, text=True, timeout=10).stdout.strip())
+env("python", lambda: f"{platform.python_version()}; CuPy {cupy.__version__}; NumPy {__import__('numpy').__version__}")
+env("torch", torch_line)
+try:
+    print(f"compute_mode {rt.deviceGetAttribute(rt.cudaDevAttrComputeMode, 0)}")
+except Exception:
+    print("compute_mode unknown")
 EOF
-    )
+}
+
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0   # sourced (by the tests): the definitions only
+
+# ---------------------------------------------------------------------------------------------- the run
+cd "$(dirname "$0")/.." || exit 2
+stage=${1:-${STAGE:-1}}
+case "$stage" in 1|2) ;; *) echo "gpu_check: stage must be 1 or 2, got '$stage'" >&2; exit 2 ;; esac
+out=${OUT:-out/gpu}
+python=${PYTHON:-python3}
+GATE_S=${GATE_S:-40} PYTEST_S=${PYTEST_S:-170} SANITIZER_S=${SANITIZER_S:-170}
+BENCH_S=${BENCH_S:-110} SEQUENCE_S=${SEQUENCE_S:-130}
+mkdir -p "$out" || exit 2
+summary="$out/summary.txt"
+: > "$summary"
+
+say() { echo "$*" | tee -a "$summary"; }   # one line, to stdout and summary.txt at once
+
+# device_report's ENV lines into the summary; no usable GPU: one line, and exit 3.
+gate() {
+    local report rc
+    report=$(device_report)
     rc=$?
     grep -E '^ENV ' <<<"$report" | tee -a "$summary"
-    compute_mode=$(sed -nE 's/^compute_mode ([0-9]+)$/\1/p' <<<"$report")
-    if [ "$rc" = 0 ] && [ -n "$compute_mode" ]; then
+    compute_mode=$(sed -nE 's/^compute_mode (.+)$/\1/p' <<<"$report")
+    if [ "$rc" = 0 ]; then
         return 0
     elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
         say "TIMEOUT gpu: the device check took over ${GATE_S}s"

@@ -113,6 +113,41 @@ echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
     assert len(list(out.iterdir())) == 6   # summary, pytest, four sanitizer logs: under the 8 that come back
 
 
+FAKE_CUPY = """
+from types import SimpleNamespace
+__version__ = "0.stand-in"
+is_available = lambda: True
+def attribute(a, device):
+    if a == 20 and BROKEN:
+        raise RuntimeError("no such attribute")
+    return {16: 132, 20: 0}[a]
+BROKEN = False
+cuda = SimpleNamespace(
+    runtime=SimpleNamespace(cudaDevAttrMultiProcessorCount=16, cudaDevAttrComputeMode=20, getDeviceCount=lambda: 1,
+                            getDeviceProperties=lambda d: {"name": b"Stand-in H200", "totalGlobalMem": 141 * 2**30},
+                            deviceGetAttribute=attribute, driverGetVersion=lambda: 13000, runtimeGetVersion=lambda: 13000),
+    nvrtc=SimpleNamespace(getVersion=lambda: (13, 0)), Device=lambda i: SimpleNamespace(compute_capability="90"))
+"""
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["all-fields", "no-compute-mode"])
+def test_device_report_lists_the_environment_and_survives_a_missing_field(tmp_path, broken):
+    """The device check's report, with a stand-in cupy that has a GPU (its properties without computeMode, as
+    CUDA 13's): the ENV lines and the compute mode; a field it cannot read is named, and the check goes on."""
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text(FAKE_CUPY.replace("BROKEN = False", f"BROKEN = {broken}"))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    r = subprocess.run([_bash(), "-c", f"source '{SCRIPT}'; python='{sys.executable}' GATE_S=120; device_report"],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=GUARD_S)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "ENV gpu Stand-in H200, sm_90, 132 SMs, 141 GiB; 1 device(s)"
+    assert lines[1] == "ENV CUDA driver 13.0, runtime 13.0, NVRTC 13.0"
+    assert lines[2].startswith("ENV nvidia-smi driver ") and lines[3].startswith("ENV python ")
+    assert "CuPy 0.stand-in" in lines[3] and lines[4].startswith("ENV torch ")
+    assert lines[-1] == ("compute_mode unknown" if broken else "compute_mode 0") and len(lines) == 6
+
+
 # ------------------------------------------------------------------------------------------ verdicts
 def _verdict(tmp_path, function, log_text, *args):
     """function(*args) in bash, with the script sourced; LOG in args stands for a file holding log_text."""
