@@ -150,7 +150,7 @@ lstm_forward_kernel2(const T* __restrict__ Ax, const T* __restrict__ x, const T*
     const int n = blockIdx.y * TN + threadIdx.y;
     const int j = blockIdx.x * TJ + threadIdx.x;
     const bool live = n < N && j < H;
-    const int a = n * NUM_GATES * H + j;
+    const int a = live ? n * NUM_GATES * H + j : 0;  // rows past N of the last tile: no index formed (int range)
     T acc[NUM_GATES];
     if (Ax != nullptr) {  // the same branch for the whole grid: the barriers below stay uniform
 #pragma unroll

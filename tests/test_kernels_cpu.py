@@ -744,9 +744,8 @@ def test_gru_layer_on_emulated_cuda_equals_the_cpu_layer(gru_kernels_on_cpu, res
         _close(f"grads[{k}]", dev.grads[k], cpu.grads[k], F64_RTOL)
 
 
-# Every GRU kernel under ThreadSanitizer, with the launch gru_gpu makes (ceil(N H / THREADS1) blocks, float) and with
-# one block (double: every thread walks the grid-stride loop more than once); dH_direct in and out alias, as gru_gpu
-# passes them.
+# Every GRU kernel under ThreadSanitizer, with the launch gru_gpu makes (ceil(N H / THREADS1) blocks), with a mask and
+# without; dH_direct in and out alias, as gru_gpu passes them.
 GRU_RACE_DRIVER = RACE_HELPERS + r"""
 template <typename T>
 static int all(int N, int H, unsigned blocks) {
