@@ -192,6 +192,11 @@ def _by_category(counter):
     return +c
 
 
+def _launched(counter):
+    """By category, without allocations (CuPy's pool hands memory out without a launch)."""
+    return {k: v for k, v in _by_category(counter).items() if k != "alloc"}
+
+
 def _counted_inputs(rng, *shapes):
     return [rng.normal(size=s).view(Counted) for s in shapes]
 
@@ -259,8 +264,8 @@ def test_lstm_launches_per_step_are_the_docstring_table(counting, kernel, masked
     assert fwd_step[f"kernel lstm_forward_kernel{kernel}"] == 1 and bwd_step[f"kernel lstm_backward_kernel{kernel}"] == 1
     assert not lookups_step and set(lookups_once.values()) == {1}, lookups_once   # one lookup a kernel a call
     want_fwd, want_bwd = LSTM_ONCE[kernel, masked]
-    assert {k: v for k, v in _by_category(fwd_once).items() if k != "alloc"} == want_fwd, fwd_once
-    assert {k: v for k, v in _by_category(bwd_once).items() if k != "alloc"} == want_bwd, bwd_once
+    assert _launched(fwd_once) == want_fwd, fwd_once
+    assert _launched(bwd_once) == want_bwd, bwd_once
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
@@ -273,8 +278,25 @@ def test_gru_launches_per_step_are_the_docstring_table(counting, reset_after, ma
     assert not lookups_step and set(lookups_once.values()) == {1}, lookups_once
     want_fwd, want_bwd = GRU_ONCE[reset_after]
     want_fwd = dict(want_fwd, copy=want_fwd["copy"] + masked)
-    assert {k: v for k, v in _by_category(fwd_once).items() if k != "alloc"} == want_fwd, fwd_once
-    assert {k: v for k, v in _by_category(bwd_once).items() if k != "alloc"} == want_bwd, bwd_once
+    assert _launched(fwd_once) == want_fwd, fwd_once
+    assert _launched(bwd_once) == want_bwd, bwd_once
+
+
+# a lone cell step, as the gpu.py docstring says: forward, then backward with the weight gradients
+LONE_STEP = {1: ({"gemm": 2, "elementwise": 1, "kernel": 1}, {"kernel": 1, "gemm": 4, "sum": 1}),
+             2: ({"kernel": 1}, {"kernel": 1, "gemm": 2, "sum": 1})}
+
+
+@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+def test_lone_step_launches_are_the_docstring_count(counting, kernel):
+    rng = np.random.default_rng(0)
+    N, D, H = 3, 2, 4
+    args = _counted_inputs(rng, (N, D), (N, H), (N, H), (D, 4 * H), (H, 4 * H), (4 * H,))
+    forward, _ = _count(lambda: gpu.step_forward(*args, kernel=kernel))
+    _, _, cache = gpu.step_forward(*args, kernel=kernel)
+    dH, dC = _counted_inputs(rng, (N, H), (N, H))
+    backward, _ = _count(lambda: gpu.step_backward(dH, dC, cache))
+    assert (_launched(forward), _launched(backward)) == LONE_STEP[kernel], (forward, backward)
 
 
 def test_the_counter_sees_what_the_loops_could_do(counting):
