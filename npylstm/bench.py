@@ -75,19 +75,22 @@ def out_folder(text):
 
 
 def add_arguments(p):
+    # one usage line (argparse would wrap its own over three): a bad value is this line and the error, exit 2
+    p.usage = ("%(prog)s [--sequence] [--quick] [--cpu-all] [--repeats N] [--rounds N] [--out DIR] [--no-plot] "
+               "[--threads N]")
     p.add_argument("--sequence", action="store_true",
                    help="time a whole layer over T = 100 steps, forward and forward+backward, instead of one cell step")
     p.add_argument("--quick", action="store_true", help="a small subset, for tests (written as *_quick.json / .png)")
     p.add_argument("--cpu-all", action="store_true",
                    help="--sequence: time the CPU on the whole grid (default: the rows of at most 8 GFLOP a forward)")
-    p.add_argument("--repeats", type=positive_int, default=None,
+    p.add_argument("--repeats", type=positive_int, default=None, metavar="N",
                    help="timed repeats per backend (cell: default 15, quick 3; sequence: CPU 5, GPU 30, quick 2)")
-    p.add_argument("--rounds", type=positive_int, default=None,
+    p.add_argument("--rounds", type=positive_int, default=None, metavar="N",
                    help="CPU processes per side, alternated (default 2, quick 1)")
-    p.add_argument("--out", type=out_folder, default=Path("out/bench"),
+    p.add_argument("--out", type=out_folder, default="out/bench", metavar="DIR",
                    help="folder for the JSON and PNG (default out/bench)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (then matplotlib is not needed)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for NumPy's BLAS and PyTorch in the timing processes (default: theirs)")
 
 

@@ -188,12 +188,14 @@ def host_clock(fn):
 def _sequence_worker(payload):
     """In its own process: time one CPU side's backends, both phases, interleaved; {"N,H": {"b phase": [µs]}}.
 
+    payload : {"backends": [...], "T": T, "sizes": [[N, H], ...], "repeats": r}.
+
     Repeats: payload["repeats"] at most, fewer where a round of calls is long (CPU_BUDGET_S), MIN_REPEATS at least.
     """
     T, out = payload["T"], {}
     for N, H in payload["sizes"]:
         prob = problem(T, N, H)
-        calls = {f"{b} {p}": fn for b in SIDES[payload["side"]] for p, fn in make_calls(b, prob)[0].items()}
+        calls = {f"{b} {p}": fn for b in payload["backends"] for p, fn in make_calls(b, prob)[0].items()}
         round_s = sum(host_clock(fn) for fn in calls.values()) * 1e-6      # the warm-up round
         n = min(payload["repeats"], max(MIN_REPEATS, int(CPU_BUDGET_S / max(round_s, 1e-9))))
         out[f"{N},{H}"] = bench.time_interleaved(calls, n, host_clock, warmup_s=0)
@@ -201,12 +203,15 @@ def _sequence_worker(payload):
 
 
 def time_cpu(T, sizes, sides, repeats, rounds, threads):
-    """{(backend, phase, N, H): median µs per call} over `rounds` alternations of one process per side."""
+    """{(backend, phase, N, H): median µs per call} over `rounds` alternations of one process per side.
+
+    sides : {side: [backends it times]}, e.g. {"numpy": ["numpy"], "torch": ["torch-cpu", "torch-cpu-cell"]}.
+    """
     samples = {}
     for _ in range(rounds):
-        for side in sides:
+        for backends in sides.values():
             got = bench.run_worker("bench_sequence:_sequence_worker",
-                                   {"side": side, "T": T, "sizes": sizes, "repeats": repeats}, threads)
+                                   {"backends": backends, "T": T, "sizes": sizes, "repeats": repeats}, threads)
             for size, per in got.items():
                 N, H = map(int, size.split(","))
                 for key, v in per.items():
@@ -299,9 +304,9 @@ def run_sequence(args):
             failed.add(b)
 
     # 2. timing: CPU sides in their own processes, alternated; GPU backends here, interleaved, CUDA events
-    sides = [s for s, names in SIDES.items() if any(b in cpu and b not in failed for b in names)]
+    sides = {s: [b for b in names if b in cpu and b not in failed] for s, names in SIDES.items()}
+    sides = {s: names for s, names in sides.items() if names}
     times = time_cpu(T, cpu_sizes, sides, cpu_repeats, rounds, args.threads) if sides else {}
-    times = {k: v for k, v in times.items() if k[0] not in failed}
     timed_dev = [b for b in dev if b not in failed]
     if timed_dev:
         times.update(time_gpu(T, gpu_sizes, timed_dev, gpu_repeats))

@@ -41,7 +41,8 @@ def test_sequence_quick_checks_times_and_writes_labelled_results(tmp_path, capsy
 def _fake_gpu(monkeypatch, wrong=()):
     """A GPU that is the CPU: versions 1, 2 and a later 3; each GPU backend runs the NumPy layer, host-timed.
 
-    Backends in `wrong` return a perturbed dW_h. Returns the list of keys the GPU timer was given.
+    Backends in `wrong` (GPU or CPU) return a perturbed dW_h. Returns (the keys the GPU timer was given,
+    the CPU sides the CPU timer was given).
     """
     monkeypatch.setattr(gpu, "KERNEL_VERSIONS", (1, 2, 3))
     monkeypatch.setattr(bench, "gpu_missing_note", lambda: None)
@@ -50,30 +51,31 @@ def _fake_gpu(monkeypatch, wrong=()):
     real = bench_sequence.make_calls
 
     def make_calls(backend, prob):
-        if backend == "numpy" or backend.startswith("torch-cpu"):
-            return real(backend, prob)
-        calls, result = real("numpy", prob)
+        cpu = backend == "numpy" or backend.startswith("torch-cpu")
+        calls, result = real(backend if cpu else "numpy", prob)
         if backend in wrong:
             return calls, lambda: {**result(), "dW_h": result()["dW_h"] + 1.0}
         return calls, result
     monkeypatch.setattr(bench_sequence, "make_calls", make_calls)
-    monkeypatch.setattr(bench_sequence, "time_cpu", lambda T, sizes, sides, *a: {
-        (b, p, N, H): 1.0 * T for s in sides for b in bench_sequence.SIDES[s] for p in bench_sequence.PHASES
+    cpu_sides = {}
+    monkeypatch.setattr(bench_sequence, "time_cpu", lambda T, sizes, sides, *a: cpu_sides.update(sides) or {
+        (b, p, N, H): 1.0 * T for names in sides.values() for b in names for p in bench_sequence.PHASES
         for N, H in sizes})
     timed = []
     real_interleaved = bench.time_interleaved
     monkeypatch.setattr(bench, "time_interleaved",
                         lambda calls, *a, **k: timed.extend(calls) or real_interleaved(calls, *a, **k))
-    return timed
+    return timed, cpu_sides
 
 
 def test_gpu_path_picks_up_every_kernel_version_and_reports_it(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
-    timed = _fake_gpu(monkeypatch)
+    timed, cpu_sides = _fake_gpu(monkeypatch)
     assert main(["bench", "--sequence", "--quick", "--repeats", "1", "--no-plot", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     dev = ["kernel1", "kernel2", "kernel3", "torch-cuda", "torch-cuda-cell"]
     assert {b for b, _ in timed} == set(dev) and {p for _, p in timed} == set(bench_sequence.PHASES)
+    assert cpu_sides == {"numpy": ["numpy"], "torch": ["torch-cpu", "torch-cpu-cell"]}
     assert MISSING_GPU not in out
     assert "GPU, forward:" in out and "GPU, forward+backward:" in out
     assert all(f"kernel{v}/cuDNN" in out for v in (1, 2, 3))
@@ -81,15 +83,16 @@ def test_gpu_path_picks_up_every_kernel_version_and_reports_it(tmp_path, monkeyp
     assert all(r[p][b] > 0 for r in record["rows"] for p in bench_sequence.PHASES for b in dev)
 
 
-def test_a_gpu_backend_that_does_not_match_is_not_timed_and_exit_is_1(tmp_path, monkeypatch, capsys):
+def test_a_backend_that_does_not_match_is_not_timed_and_exit_is_1(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
-    timed = _fake_gpu(monkeypatch, wrong=("kernel2",))
+    timed, cpu_sides = _fake_gpu(monkeypatch, wrong=("kernel2", "torch-cpu-cell"))
     assert main(["bench", "--sequence", "--quick", "--repeats", "1", "--no-plot", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "check kernel2 " in out and "(dW_h at" in out and "MISMATCH, not timed" in out
     assert timed and not any(b == "kernel2" for b, _ in timed)
+    assert cpu_sides == {"numpy": ["numpy"], "torch": ["torch-cpu"]}
     record = json.loads((tmp_path / "bench_sequence_quick.json").read_text())
-    assert record["mismatched"] == ["kernel2"]
+    assert record["mismatched"] == ["kernel2", "torch-cpu-cell"]
     assert all(r[p]["kernel2"] is None and r[p]["kernel1"] > 0 for r in record["rows"] for p in bench_sequence.PHASES)
 
 
