@@ -110,8 +110,10 @@ def _inputs(N, H, seed=0):
 
 
 def relerr(a, b):
-    """max |a - b| / max(max |a|, max |b|): one number per tensor, in float64."""
+    """max |a - b| / max(max |a|, max |b|): one number per tensor, in float64; inf where either has a NaN or inf."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300))
 
 

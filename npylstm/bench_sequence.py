@@ -32,7 +32,7 @@ from .lstm import LSTM
 
 T_FULL = 100
 QUICK_T, QUICK_SIZES = 20, ((1, 64), (8, 64))
-CPU_MAX_FLOP = 8e9     # default CPU rows: forward work at most this (16·T·N·H² flop), a second or so a call on 2 cores
+CPU_MAX_FLOP = 8e9     # default CPU rows: forward work at most this (16·T·N·H² flop): about a second a call, 2 cores
 SEQ_RTOL = 1e-4        # float32 layer vs float64 over T steps, per tensor relative to its largest entry: measured
                        # <= 5e-6 for NumPy and PyTorch on the CPU (T = 100; worst db, a sum of T·N terms); 20x room
 CPU_BUDGET_S = 10.0    # CPU: timed repeats per size capped so a process spends about this long on one size ...
@@ -97,7 +97,8 @@ def npylstm_calls(prob, device="cpu", kernel=None, dtype=np.float32):
         y, (h_n, c_n) = lstm(x, (h0, c0))
         dx, (dh0, dc0) = lstm.backward(dy)
         g = lstm.grads
-        return {k: as_numpy(v) for k, v in zip(OUTPUTS, (y, h_n, c_n, dx, dh0, dc0, g["W_x_l0"], g["W_h_l0"], g["b_l0"]))}
+        got = (y, h_n, c_n, dx, dh0, dc0, g["W_x_l0"], g["W_h_l0"], g["b_l0"])
+        return {k: as_numpy(v) for k, v in zip(OUTPUTS, got)}
     return {"fwd": fwd, "fwdbwd": fwdbwd}, result
 
 
@@ -113,7 +114,8 @@ def torch_calls(prob, device, loop):
         torch.backends.cudnn.allow_tf32 = False
     T, N, H = prob["dy"].shape
     mod = torch.nn.LSTMCell(H, H) if loop else torch.nn.LSTM(H, H)
-    w_ih, w_hh, b_ih, b_hh = (getattr(mod, n + ("" if loop else "_l0")) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    suffix = "" if loop else "_l0"
+    w_ih, w_hh, b_ih, b_hh = (getattr(mod, n + suffix) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
     with torch.no_grad():
         for p, v in ((w_ih, prob["W_x"].T), (w_hh, prob["W_h"].T), (b_ih, prob["b"]), (b_hh, 0 * prob["b"])):
             p.copy_(torch.from_numpy(np.ascontiguousarray(v, np.float32)))
@@ -178,6 +180,26 @@ def check(backend, prob, ref):
     return max((bench.relerr(got[k], ref[k]), k) for k in OUTPUTS)
 
 
+def check_all(T, cpu_sizes, gpu_sizes, cpu, dev):
+    """{backend: max relative error} at every size it is timed at; prints one line per backend, saying whether
+    it matched (error <= SEQ_RTOL) and where its worst tensor is."""
+    worst = {}
+    for N, H in gpu_sizes:
+        names = [b for b in cpu if (N, H) in cpu_sizes] + dev
+        if names:
+            prob = problem(T, N, H)
+            ref = reference(prob)
+            for b in names:
+                worst[b] = max(worst.get(b, (-1.0,)), (*check(b, prob, ref), N, H))
+    for b in cpu + dev:
+        err, tensor, N, H = worst[b]
+        ok = err <= SEQ_RTOL
+        print(f"check {b:<15} against npylstm float64 (y, h_n, c_n, every gradient): max relative error "
+              f"{err:.1e} ({tensor} at N = {N}, H = {H}) {'<=' if ok else '>'} {SEQ_RTOL:.0e}: "
+              f"{'matched' if ok else 'MISMATCH, not timed'}")
+    return {b: worst[b][0] for b in cpu + dev}
+
+
 # ------------------------------------------------------------------------------------------ timing
 def host_clock(fn):
     t0 = time.perf_counter()
@@ -238,8 +260,9 @@ def tables(T, cpu_sizes, gpu_sizes, cpu, dev, times, quick):
            "oneDNN / cuDNN: torch nn.LSTM on the CPU / on CUDA (TF32 off); LSTMCell loop: torch nn.LSTMCell "
            "called T times from Python",
            "a/b: a's time / b's (lower is better: below 1, a is faster)"]
+    kernels = [b for b in dev if b.startswith("kernel")]
     for device, sizes, names, pairs in (("CPU", cpu_sizes, cpu, [("numpy", "torch-cpu")]),
-                                        ("GPU", gpu_sizes, dev, [(b, "torch-cuda") for b in dev if b.startswith("kernel")])):
+                                        ("GPU", gpu_sizes, dev, [(b, "torch-cuda") for b in kernels])):
         if not names:
             continue
         for p, phase in PHASES.items():
@@ -252,19 +275,31 @@ def tables(T, cpu_sizes, gpu_sizes, cpu, dev, times, quick):
 
 
 def figure(T, cpu_sizes, gpu_sizes, cpu, dev, times, title_lines):
-    """µs per time step against N·H, one panel per phase, one line per backend (CPU dashed), log-log."""
-    fig, axes = bench.pyplot().subplots(1, 2, figsize=(10, 4.5), sharey=True, layout="constrained")
-    for ax, (p, phase) in zip(axes, PHASES.items()):
-        for names, sizes, device, style in ((cpu, cpu_sizes, "CPU", "--"), (dev, gpu_sizes, "GPU", "-")):
-            for b in names:
-                pts = sorted((N * H, times[(b, p, N, H)]) for N, H in sizes if times.get((b, p, N, H)))
-                if pts:
-                    ax.plot(*zip(*pts), style, marker="o", label=f"{LABELS.get(b, b)} ({device})")
-        bench.nh_axis(ax, [N * H for N, H in gpu_sizes])
-        ax.set_yscale("log")
-        ax.set_title(phase, fontsize=9)
-    axes[0].set_ylabel(f"µs per time step (T = {T}, float32)")
-    axes[1].legend(fontsize=7)
+    """µs per time step against N, a panel per phase (rows) and H (columns), a line per backend (CPU dashed)."""
+    Hs = sorted({H for _, H in gpu_sizes})
+    fig, axes = bench.pyplot().subplots(2, len(Hs), figsize=(3.6 * len(Hs) + 1.5, 6.5), squeeze=False,
+                                        layout="constrained")
+    for row, (p, phase) in zip(axes, PHASES.items()):
+        for ax, H in zip(row, Hs):
+            for names, sizes, device, style in ((cpu, cpu_sizes, "CPU", "--"), (dev, gpu_sizes, "GPU", "-")):
+                for b in names:
+                    pts = [(N, times[(b, p, N, H_)]) for N, H_ in sizes if H_ == H and times.get((b, p, N, H_))]
+                    if pts:
+                        ax.plot(*zip(*pts), style, marker="o", label=f"{LABELS.get(b, b)} ({device})")
+            Ns = sorted({N for N, H_ in gpu_sizes if H_ == H})
+            ax.set_xscale("log")
+            ax.set_xticks(Ns, [str(N) for N in Ns])
+            ax.minorticks_off()
+            ax.set_yscale("log")
+            ax.set_title(f"{phase}, H = D = {H}", fontsize=9)
+            ax.set_xlabel("N (batch)", fontsize=8)
+        row[0].set_ylabel(f"µs per time step (T = {T})", fontsize=8)
+    handles = {}
+    for ax in axes.flat:                       # one legend for the figure, every backend once
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside right center", fontsize=7)
     return bench.fit_title(fig, title_lines)
 
 
@@ -284,24 +319,8 @@ def run_sequence(args):
         print(f"CPU rows: forward <= {CPU_MAX_FLOP / 1e9:g} GFLOP ({len(cpu_sizes)} of {len(gpu_sizes)} sizes); "
               f"--cpu-all times the CPU on all of them")
 
-    # 1. correctness before timing, at every size each backend is timed at
-    errs = {}
-    for N, H in gpu_sizes:
-        names = [b for b in cpu if (N, H) in cpu_sizes] + (dev if (N, H) in gpu_sizes else [])
-        if names:
-            prob = problem(T, N, H)
-            ref = reference(prob)
-            for b in names:
-                errs.setdefault(b, []).append((*check(b, prob, ref), N, H))
-    failed = set()
-    for b in cpu + dev:
-        err, tensor, N, H = max(errs[b])
-        ok = err <= SEQ_RTOL
-        print(f"check {b:<15} against npylstm float64 (y, h_n, c_n, every gradient): max relative error "
-              f"{err:.1e} ({tensor} at N = {N}, H = {H}) {'<=' if ok else '>'} {SEQ_RTOL:.0e}: "
-              f"{'matched' if ok else 'MISMATCH, not timed'}")
-        if not ok:
-            failed.add(b)
+    errs = check_all(T, cpu_sizes, gpu_sizes, cpu, dev)                 # 1. correctness before timing
+    failed = {b for b, e in errs.items() if not e <= SEQ_RTOL}
 
     # 2. timing: CPU sides in their own processes, alternated; GPU backends here, interleaved, CUDA events
     sides = {s: [b for b in names if b in cpu and b not in failed] for s, names in SIDES.items()}
@@ -324,7 +343,8 @@ def run_sequence(args):
                                 f"{cpu_repeats} repeats per size; threads: {args.threads or 'library default'}",
                          "gpu": f"CUDA events around each call, after >= {bench.WARMUP_S} s of warm-up calls, backends "
                                 f"and phases interleaved call by call, {gpu_repeats} repeats, median"},
-              "matched_rtol": SEQ_RTOL, "check_errors": {b: max(errs[b])[0] for b in errs}, "mismatched": sorted(failed),
+              "matched_rtol": SEQ_RTOL, "check_errors": errs,
+              "mismatched": sorted(failed),
               "cpu_sizes": [list(s) for s in cpu_sizes], "gpu_sizes": [list(s) for s in gpu_sizes],
               "rows": [{"T": T, "N": N, "H": H, "D": H,
                         **{p: {b: per_step.get((b, p, N, H)) for b in cpu + dev} for p in PHASES}}

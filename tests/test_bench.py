@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from npylstm import bench, bench_sequence
@@ -45,6 +46,12 @@ def test_bench_does_not_time_a_backend_that_does_not_match(tmp_path, monkeypatch
     assert "MISMATCH, not timed" in capsys.readouterr().out
     record = json.loads((tmp_path / "bench_quick.json").read_text())
     assert record["mismatched"] == ["numpy"] and all(r["numpy"] is None for r in record["rows"])
+
+
+@pytest.mark.parametrize("got,expected", [([1.0, 2.0], 0.0), ([1.0, 2.5], 0.5 / 2.5), ([np.nan, 2.0], np.inf),
+                                          ([np.inf, 2.0], np.inf), ([1.0, 2.0, 3.0], np.inf)])
+def test_relerr_is_scaled_by_the_largest_entry_and_never_lets_nan_pass(got, expected):
+    assert bench.relerr(got, [1.0, 2.0]) == pytest.approx(expected)
 
 
 def test_quick_and_full_runs_write_under_their_own_names(tmp_path):
