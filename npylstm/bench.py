@@ -44,6 +44,8 @@ MATCH_RTOL = 1e-4      # float32 step against float64 cell.py: a few ulp of each
 MIN_BATCH_S = 2e-3     # CPU: calls per timed batch chosen so a batch lasts at least this long
 WARMUP_S = 0.2         # GPU: untimed calls first, at least this long in all, so the clocks come up before timing
 CPU_BACKENDS = ("numpy", "torch-cpu")
+CLOCKS = {"wall": time.perf_counter,   # CPU rows: wall time, or (--clock cpu, with --threads 1) the process's CPU
+          "cpu": time.process_time}    # time, which leaves out the waits for a core on a machine shared with other work
 PLOT_FIX = 'pip install "npylstm[plot]"'
 
 
@@ -77,7 +79,7 @@ def out_folder(text):
 def add_arguments(p):
     # one usage line (argparse would wrap its own over three): a bad value is this line and the error, exit 2
     p.usage = ("%(prog)s [--sequence] [--quick] [--cpu-all] [--repeats N] [--rounds N] [--out DIR] [--no-plot] "
-               "[--threads N]")
+               "[--threads N] [--clock {wall,cpu}]")
     p.add_argument("--sequence", action="store_true",
                    help="time a whole layer over T = 100 steps, forward and forward+backward, instead of one cell step")
     p.add_argument("--quick", action="store_true", help="a small subset, for tests (written as *_quick.json / .png)")
@@ -92,6 +94,9 @@ def add_arguments(p):
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (then matplotlib is not needed)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for NumPy's BLAS and PyTorch in the timing processes (default: theirs)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="CPU rows: wall time (default), or the timing process's CPU time, for a machine shared with "
+                        "other work (needs --threads 1: with more it adds up the threads and their spin-waiting)")
 
 
 def output_paths(out, stem, quick):
@@ -171,20 +176,21 @@ def check(backend, N, H):
     return max(relerr(H_got, H_ref), relerr(C_got, C_ref))
 
 
-def time_cpu(backend, N, H, repeats):
-    """Median µs per call: batches of calls long enough for perf_counter, after a warm-up."""
+def time_cpu(backend, N, H, repeats, clock="wall"):
+    """Median µs per call: batches of calls long enough for the clock (CLOCKS[clock]), after a warm-up."""
+    now = CLOCKS[clock]
     step, _ = make_step(backend, N, H)
     for _ in range(3):
         step()
-    t0 = time.perf_counter()
+    t0 = now()
     step()
-    number = max(1, int(MIN_BATCH_S / max(time.perf_counter() - t0, 1e-9)))
+    number = max(1, int(MIN_BATCH_S / max(now() - t0, 1e-9)))
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         for _ in range(number):
             step()
-        times.append((time.perf_counter() - t0) / number)
+        times.append((now() - t0) / number)
     return float(np.median(times)) * 1e6
 
 
@@ -228,7 +234,8 @@ def time_interleaved(calls, repeats, measure, warmup_s=WARMUP_S):
 
 def _cell_worker(payload):
     """In its own process: time one CPU backend over the sizes; {"N,H": µs}."""
-    return {f"{N},{H}": time_cpu(payload["backend"], N, H, payload["repeats"]) for N, H in payload["sizes"]}
+    return {f"{N},{H}": time_cpu(payload["backend"], N, H, payload["repeats"], payload["clock"])
+            for N, H in payload["sizes"]}
 
 
 def run_worker(function, payload, threads=None):
@@ -441,6 +448,10 @@ def header_lines(what, info, notes):
 
 # ------------------------------------------------------------------------------------------ run
 def run(args):
+    if args.clock == "cpu" and args.threads != 1:
+        print("npylstm bench: --clock cpu needs --threads 1 (CPU time adds up the threads and counts their "
+              "spin-waiting)", file=sys.stderr)
+        return 2
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401
@@ -483,8 +494,8 @@ def run_cell(args):
     samples = {b: [] for b in cpu if b not in failed}
     for _ in range(rounds):
         for b in samples:
-            samples[b].append(run_worker("bench:_cell_worker", {"backend": b, "sizes": sizes, "repeats": repeats},
-                                         args.threads))
+            payload = {"backend": b, "sizes": sizes, "repeats": repeats, "clock": args.clock}
+            samples[b].append(run_worker("bench:_cell_worker", payload, args.threads))
     for b, runs in samples.items():
         for N, H in sizes:
             times[(b, N, H)] = float(np.median([r[f"{N},{H}"] for r in runs]))
@@ -507,8 +518,8 @@ def run_cell(args):
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"quick": quick, "machine": info, "notes": notes,
               "unit": "microseconds per cell step (forward, float32, D = H)",
-              "method": {"cpu": f"perf_counter, median of {repeats} batches x {rounds} process(es) per backend, "
-                                f"alternated; threads: {args.threads or 'library default'}",
+              "method": {"cpu": f"{args.clock} clock, median of {repeats} batches x {rounds} process(es) per "
+                                f"backend, alternated; threads: {args.threads or 'library default'}",
                          "gpu": f"CUDA events around each call, after >= {WARMUP_S} s of warm-up calls, backends "
                                 f"interleaved call by call, median"},
               "matched_rtol": MATCH_RTOL, "mismatched": sorted(failed), "crossover_NH": cross,

@@ -201,30 +201,32 @@ def check_all(T, cpu_sizes, gpu_sizes, cpu, dev):
 
 
 # ------------------------------------------------------------------------------------------ timing
-def host_clock(fn):
-    t0 = time.perf_counter()
+def host_clock(fn, now=time.perf_counter):
+    """µs that fn() takes on the host clock `now` (bench.CLOCKS)."""
+    t0 = now()
     fn()
-    return (time.perf_counter() - t0) * 1e6
+    return (now() - t0) * 1e6
 
 
 def _sequence_worker(payload):
     """In its own process: time one CPU side's backends, both phases, interleaved; {"N,H": {"b phase": [µs]}}.
 
-    payload : {"backends": [...], "T": T, "sizes": [[N, H], ...], "repeats": r}.
+    payload : {"backends": [...], "T": T, "sizes": [[N, H], ...], "repeats": r, "clock": "wall" or "cpu"}.
 
     Repeats: payload["repeats"] at most, fewer where a round of calls is long (CPU_BUDGET_S), MIN_REPEATS at least.
     """
-    T, out = payload["T"], {}
+    T, out, now = payload["T"], {}, bench.CLOCKS[payload["clock"]]
+    measure = lambda fn: host_clock(fn, now)
     for N, H in payload["sizes"]:
         prob = problem(T, N, H)
         calls = {f"{b} {p}": fn for b in payload["backends"] for p, fn in make_calls(b, prob)[0].items()}
-        round_s = sum(host_clock(fn) for fn in calls.values()) * 1e-6      # the warm-up round
+        round_s = sum(measure(fn) for fn in calls.values()) * 1e-6         # the warm-up round
         n = min(payload["repeats"], max(MIN_REPEATS, int(CPU_BUDGET_S / max(round_s, 1e-9))))
-        out[f"{N},{H}"] = bench.time_interleaved(calls, n, host_clock, warmup_s=0)
+        out[f"{N},{H}"] = bench.time_interleaved(calls, n, measure, warmup_s=0)
     return out
 
 
-def time_cpu(T, sizes, sides, repeats, rounds, threads):
+def time_cpu(T, sizes, sides, repeats, rounds, threads, clock="wall"):
     """{(backend, phase, N, H): median µs per call} over `rounds` alternations of one process per side.
 
     sides : {side: [backends it times]}, e.g. {"numpy": ["numpy"], "torch": ["torch-cpu", "torch-cpu-cell"]}.
@@ -233,7 +235,8 @@ def time_cpu(T, sizes, sides, repeats, rounds, threads):
     for _ in range(rounds):
         for backends in sides.values():
             got = bench.run_worker("bench_sequence:_sequence_worker",
-                                   {"backends": backends, "T": T, "sizes": sizes, "repeats": repeats}, threads)
+                                   {"backends": backends, "T": T, "sizes": sizes, "repeats": repeats,
+                                    "clock": clock}, threads)
             for size, per in got.items():
                 N, H = map(int, size.split(","))
                 for key, v in per.items():
@@ -325,7 +328,7 @@ def run_sequence(args):
     # 2. timing: CPU sides in their own processes, alternated; GPU backends here, interleaved, CUDA events
     sides = {s: [b for b in names if b in cpu and b not in failed] for s, names in SIDES.items()}
     sides = {s: names for s, names in sides.items() if names}
-    times = time_cpu(T, cpu_sizes, sides, cpu_repeats, rounds, args.threads) if sides else {}
+    times = time_cpu(T, cpu_sizes, sides, cpu_repeats, rounds, args.threads, args.clock) if sides else {}
     timed_dev = [b for b in dev if b not in failed]
     if timed_dev:
         times.update(time_gpu(T, gpu_sizes, timed_dev, gpu_repeats))
@@ -338,7 +341,7 @@ def run_sequence(args):
     record = {"quick": quick, "T": T, "machine": info, "notes": notes,
               "unit": f"microseconds per time step: the whole sequence's time / T (T = {T}, float32, D = H)",
               "backends": {b: LABELS.get(b, b) for b in cpu + dev},
-              "method": {"cpu": f"perf_counter around each call; one process per side ({', '.join(sides)}) x {rounds} "
+              "method": {"cpu": f"{args.clock} clock around each call; one process per side ({', '.join(sides)}) x {rounds} "
                                 f"round(s), alternated; inside a process backends and phases interleaved; at most "
                                 f"{cpu_repeats} repeats per size; threads: {args.threads or 'library default'}",
                          "gpu": f"CUDA events around each call, after >= {bench.WARMUP_S} s of warm-up calls, backends "

@@ -70,6 +70,7 @@ def _run_cli(args, prelude=""):
     ("--rounds", "-1", "expected a whole number >= 1, got -1"),
     ("--threads", "0", "expected a whole number >= 1, got 0"),
     ("--repeats", "two", "expected a whole number >= 1, got 'two'"),
+    ("--clock", "gpu", "invalid choice: 'gpu'"),
     ("--out", "{file}", "is a file, expected a folder"),
     ("--out", "{file}/sub", "is a file, not a folder"),
 ])
@@ -98,9 +99,13 @@ def test_without_matplotlib_it_says_how_to_fix_it_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_cpu_all_without_sequence_is_refused(tmp_path, capsys):
-    assert main(["bench", "--cpu-all", "--out", str(tmp_path)]) == 2
-    assert "--cpu-all applies to --sequence only" in capsys.readouterr().err
+@pytest.mark.parametrize("flags,says", [(["--cpu-all"], "--cpu-all applies to --sequence only"),
+                                        (["--clock", "cpu"], "--clock cpu needs --threads 1"),
+                                        (["--clock", "cpu", "--threads", "2"], "--clock cpu needs --threads 1")])
+def test_flags_that_do_not_go_together_are_refused_in_one_line(tmp_path, capsys, flags, says):
+    assert main(["bench", *flags, "--out", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and says in err
 
 
 def test_interleaved_timer_warms_up_then_takes_turns():

@@ -18,7 +18,8 @@ MISSING_GPU = "GPU rows missing: "
 
 def test_sequence_quick_checks_times_and_writes_labelled_results(tmp_path, capsys):
     pytest.importorskip("torch")
-    assert main(["bench", "--sequence", "--quick", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--sequence", "--quick", "--repeats", "1", "--threads", "1", "--clock", "cpu",
+                 "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for b in ("numpy", "torch-cpu", "torch-cpu-cell"):
         assert f"check {b} " in out
@@ -33,6 +34,7 @@ def test_sequence_quick_checks_times_and_writes_labelled_results(tmp_path, capsy
         for phase in bench_sequence.PHASES:
             assert all(r[phase][b] > 0 for b in ("numpy", "torch-cpu", "torch-cpu-cell"))
     assert {"cpu", "numpy", "torch", "cupy", "date"} <= set(record["machine"])
+    assert record["method"]["cpu"].startswith("cpu clock")
     if not bench_sequence.sequence_backends()[1]:      # no usable GPU: one line says why
         assert sum(line.startswith(MISSING_GPU) for line in out.splitlines()) == 1
         assert "GPU, forward" not in out
