@@ -43,7 +43,6 @@ QUICK_N, QUICK_H = (1, 8), (128,)
 MATCH_RTOL = 1e-4      # float32 step against float64 cell.py: a few ulp of each of ~2H-term dot products
 MIN_BATCH_S = 2e-3     # CPU: calls per timed batch chosen so a batch lasts at least this long
 WARMUP_S = 0.2         # GPU: untimed calls first, at least this long in all, so the clocks come up before timing
-CPU_BACKENDS = ("numpy", "torch-cpu")
 CLOCKS = {"wall": time.perf_counter,   # CPU rows: wall time, or (--clock cpu, with --threads 1) the process's CPU
           "cpu": time.process_time}    # time, which leaves out the waits for a core on a machine shared with other work
 PLOT_FIX = 'pip install "npylstm[plot]"'
