@@ -415,12 +415,21 @@ def save_png(fig, path):
 
 
 def cell_figure(sizes, backends, times, cross, title_lines):
-    """Time per cell step against N·H for each backend, log-log; the crossover as a dashed line."""
-    fig, ax = pyplot().subplots(figsize=(7, 4.5), layout="constrained")
-    for b in backends:
-        pts = sorted((N * H, times[(b, N, H)]) for N, H in sizes if times.get((b, N, H)))
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=b)
+    """Time per cell step against N·H, log-log: a colour per backend, a line and marker per H (so that sizes with
+    the same N·H do not zigzag); the crossover as a dashed line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    Hs = sorted({H for _, H in sizes})
+    markers = dict(zip(Hs, "os^Dv"))
+    styles = dict(zip(Hs, ["-", "--", ":", "-."]))
+    for color, b in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2, backends):
+        for H in Hs:
+            pts = sorted((N * H, times[(b, N, H_)]) for N, H_ in sizes if H_ == H and times.get((b, N, H_)))
+            if pts:
+                ax.plot(*zip(*pts), styles[H], marker=markers[H], color=color)
+        ax.plot([], [], color=color, label=b)
+    for H in Hs:                                  # legend entries for H: grey marker and line style
+        ax.plot([], [], styles[H], marker=markers[H], color="grey", label=f"H = D = {H}")
     if cross is not None:
         ax.axvline(cross, color="grey", linestyle="--")
         ax.annotate(f"GPU faster from N·H = {cross}", (cross, ax.get_ylim()[1]), rotation=90, va="top", ha="right",
@@ -428,7 +437,7 @@ def cell_figure(sizes, backends, times, cross, title_lines):
     nh_axis(ax, [N * H for N, H in sizes])
     ax.set_yscale("log")
     ax.set_ylabel("µs per cell step (forward, float32)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return fit_title(fig, title_lines)
 
 
