@@ -16,13 +16,17 @@ COMMANDS = {
 
 
 def main(argv=None):
+    """Run `npylstm COMMAND ...`; returns the exit status (argparse exits 2 itself on a bad command line)."""
+    from npylstm import __version__
     parser = argparse.ArgumentParser(prog="npylstm", description="An LSTM from scratch, to be read, checked and timed.")
+    parser.add_argument("--version", action="version", version=f"npylstm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = None
+    subparsers = {}
     for name, (module_name, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = subparsers[name] = sub.add_parser(name, help=help_, description=help_)
         if name == chosen:
             try:
                 module = importlib.import_module(module_name)
@@ -31,9 +35,11 @@ def main(argv=None):
                     raise
                 parser.error(f"command {name!r} is not available in this version of npylstm")
             module.add_arguments(p)
-    args = parser.parse_args(argv)
+    # arguments the command does not know are reported by the command's parser, with its own usage line
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        subparsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     return module.run(args)
-
 
 if __name__ == "__main__":
     sys.exit(main())

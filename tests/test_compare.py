@@ -32,7 +32,7 @@ def compare_run(tmp_path_factory):
 def test_compare_quick_writes_json_with_every_row(compare_run):
     code, out = compare_run
     assert code == 0
-    results = json.loads((out / "compare.json").read_text())
+    results = json.loads((out / "compare_quick.json").read_text())
     rows = {(r["experiment"], r["cell"]): r for r in results["rows"]}
     assert list(rows) == [(e, c) for e in compare.EXPERIMENTS for c in compare.CELLS]
     H_sine, H_alpha = sine.SETTINGS["quick"]["hidden"], alphabet.SETTINGS["stateful"]["hidden"]
@@ -60,9 +60,11 @@ def test_compare_quick_writes_json_with_every_row(compare_run):
 
 def test_compare_table_matches_the_json(compare_run):
     _, out = compare_run
-    results = json.loads((out / "compare.json").read_text())
+    results = json.loads((out / "compare_quick.json").read_text())
     text = compare.table(results)
     lines = text.splitlines()
+    assert lines[0].endswith("[quick run: small settings]") and results["quick"] is True
+    lines = lines[1:]
     assert lines[0].split()[:2] == ["experiment", "cell"]
     body = lines[2:2 + len(results["rows"])]
     width = len(lines[0].split("  note")[0])          # fixed width: every row's columns end where the header's do
@@ -74,10 +76,11 @@ def test_compare_table_matches_the_json(compare_run):
 
 
 def test_compare_refuses_bad_epochs(tmp_path, capsys):
-    code = cli.main(["compare", "--quick", "--epochs", "0", "--out", str(tmp_path)])
-    assert code == common.EXIT_USAGE
-    assert "--epochs must be at least 1" in capsys.readouterr().err
-    assert not (tmp_path / "compare.json").exists()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compare", "--quick", "--epochs", "0", "--out", str(tmp_path)])
+    assert e.value.code == common.EXIT_USAGE
+    assert "npylstm compare: error: argument --epochs: must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_time_epochs_alternates_the_cells():

@@ -107,8 +107,8 @@ def test_sine_same_seed_same_results_other_seed_differs(sine_run):
 def test_alphabet_table_and_json(alphabet_run, capsys):
     code, out = alphabet_run
     assert code == 0
-    assert_png(out / "alphabet.png")
-    results = load_json(out / "alphabet.json")
+    assert_png(out / "alphabet_quick.png")
+    results = load_json(out / "alphabet_quick.json")
     rows = {r["experiment"]: r for r in results["experiments"]}
     assert list(rows) == list(alphabet.SETTINGS)
     for name, r in rows.items():
@@ -153,7 +153,7 @@ def test_alphabet_datasets(name):
 def test_gates_command(gates_run):
     code, out, model = gates_run
     assert code == 0
-    stem = "gates" if model == "alphabet" else f"gates_{model}"   # one name per model: runs never overwrite
+    stem = "gates_quick" if model == "alphabet" else f"gates_{model}_quick"   # one name per model and size
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}.{ext}" for ext in ("json", "npz", "png"))
     assert_png(out / f"{stem}.png")
     results = load_json(out / f"{stem}.json")
@@ -213,8 +213,10 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch):
 
 
 def test_bad_epochs(tmp_path, capsys):
-    code, _, err = run_cli(["alphabet", "--epochs", "0", "--out", str(tmp_path)], capsys)
-    assert code == common.EXIT_USAGE and "--epochs must be at least 1" in err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["alphabet", "--epochs", "0", "--out", str(tmp_path)])
+    assert e.value.code == common.EXIT_USAGE
+    assert "npylstm alphabet: error: argument --epochs: must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- gate_activations
@@ -261,11 +263,32 @@ def test_gate_activations_refuses(bad, match):
         gates.gate_activations(args["model"], args["x"], layer=args["layer"])
 
 
-def test_plot_gates_writes_png(tmp_path):
+@pytest.fixture(scope="module")
+def small_acts():
     lstm = npylstm.LSTM(1, 4, seed=0)
     x = np.sin(np.linspace(0, 6, 30, dtype=np.float32))[:, None]
-    fig = npylstm.plot_gates(npylstm.gate_activations(lstm, x), tmp_path / "g.png", title="t")
+    return npylstm.gate_activations(lstm, x)
+
+
+def test_plot_gates_writes_png(small_acts, tmp_path):
+    fig = npylstm.plot_gates(small_acts, tmp_path / "g.png", title="t")
     assert len(fig.axes) >= 6
     assert_png(tmp_path / "g.png")
     with pytest.raises(ValueError, match="^plot_gates: acts lacks"):
         npylstm.plot_gates({"H": np.zeros((3, 2))})
+
+
+@pytest.mark.parametrize("name, opening", [("g.svg", b"<svg"), ("G.PDF", b"%PDF-"), ("g.png", PNG_SIGNATURE)])
+def test_plot_gates_writes_the_format_its_suffix_names(small_acts, tmp_path, name, opening):
+    npylstm.plot_gates(small_acts, tmp_path / name)
+    data = (tmp_path / name).read_bytes()
+    head = data[:400] if opening == b"<svg" else data[:len(opening)]   # SVG: after the XML prolog
+    assert opening in head, f"{name} starts with {data[:40]!r}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]        # no temp file left behind
+
+
+@pytest.mark.parametrize("name", ["g.xyz", "gates"])
+def test_plot_gates_refuses_an_unknown_suffix(small_acts, tmp_path, name):
+    with pytest.raises(ValueError, match=rf"^plot_gates: cannot tell the figure format of path .*{name}"):
+        npylstm.plot_gates(small_acts, tmp_path / name)
+    assert not list(tmp_path.iterdir())

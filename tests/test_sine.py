@@ -8,6 +8,7 @@ kind of run writes its own files; every command-line mistake is one line on stde
 The dense model's hand-written backward is held against finite differences in float64.
 """
 
+import argparse
 import csv
 import json
 import math
@@ -70,7 +71,8 @@ def test_every_model_beats_the_last_value(quick_run):
     assert code == 0
     mse = load_json(out / "sine_quick.json")["test_mse"]
     for model in sine.MODELS:
-        assert mse[model] < mse["last_value"], f"{model}: test MSE {mse[model]:.5f} >= last value {mse['last_value']:.5f}"
+        assert mse[model] < mse["last_value"], \
+            f"{model}: test MSE {mse[model]:.5f} >= last value {mse['last_value']:.5f}"
 
 
 def test_stateful_free_run_keeps_swinging(quick_run):
@@ -109,10 +111,15 @@ def test_parse_seeds(text, seeds):
     assert sine.parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize("text", ["9-3", "a", "", "1-", "-2", "1.5"])
+@pytest.mark.parametrize("text", ["9-3", "a", "", "1-", "-2", "1.5", "0-1000", f"{2 ** 32}"])
 def test_parse_seeds_rejects(text):
-    with pytest.raises(common.CommandError, match="^--seeds takes"):
+    with pytest.raises(argparse.ArgumentTypeError, match="^takes a range"):
         sine.parse_seeds(text)
+
+
+@pytest.mark.parametrize("seeds, text", [([0, 1, 2, 3, 7], "0-3, 7"), ([5], "5"), ([1, 3, 4], "1, 3-4")])
+def test_format_seeds(seeds, text):
+    assert sine.format_seeds(seeds) == text and sine.parse_seeds(text) == seeds
 
 
 def test_seeds_table_and_json(tmp_path, capsys):
@@ -128,7 +135,8 @@ def test_seeds_table_and_json(tmp_path, capsys):
     lines = out.splitlines()
     assert [line.split()[0] for line in lines[2:6]] == ["3", "4", "median", "worst"], out
     first = summary["runs"][0]
-    assert f"{first['test_mse']['stateless']:.5f}" in lines[2] and f"{first['free_run_mse_vs_clean']['dense']:.4f}" in lines[2]
+    assert f"{first['test_mse']['stateless']:.5f}" in lines[2]
+    assert f"{first['free_run_mse_vs_clean']['dense']:.4f}" in lines[2]
     assert_png(tmp_path / "sine_seeds_quick.png")
 
 
@@ -187,16 +195,23 @@ def test_data_errors_exit_2(case, message, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--layers", "1"], "--layers"),
-    (["--noise", "-0.1"], "--noise"),
-    (["--noise", "nan"], "--noise"),
-    (["--column", "v"], "--column needs --data"),
-    (["--seeds", "4-2"], "--seeds"),
-    (["--epochs", "0"], "--epochs"),
+    (["--layers", "1"], "argument --layers: is the stacked stateful model's depth"),
+    (["--layers", "two"], "argument --layers: must be an integer"),
+    (["--noise", "-0.1"], "argument --noise: must be a finite number >= 0"),
+    (["--noise", "nan"], "argument --noise: must be a finite number >= 0"),
+    (["--seeds", "4-2"], "argument --seeds: takes a range"),
 ])
-def test_bad_command_line_exit_2(argv, message, tmp_path, capsys):
-    code, _, err = run_cli(["sine", "--quick", "--out", str(tmp_path / "out")] + argv, capsys)
-    assert code == common.EXIT_USAGE and err.count("\n") == 1 and message in err, err
+def test_bad_flag_values_are_usage_errors(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sine", "--quick", "--out", str(tmp_path / "out")] + argv)
+    err = capsys.readouterr().err
+    assert e.value.code == common.EXIT_USAGE and f"npylstm sine: error: {message}" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_column_without_data_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(["sine", "--column", "v", "--out", str(tmp_path / "out")], capsys)
+    assert code == common.EXIT_USAGE and err == "npylstm sine: error: --column needs --data FILE.csv\n", err
     assert not (tmp_path / "out").exists()
 
 

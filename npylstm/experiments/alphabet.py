@@ -27,8 +27,6 @@ Two notes a student should have:
   K it does not know where it is -- the tutorial's observation.
 """
 
-import os
-
 import numpy as np
 
 import npylstm
@@ -159,7 +157,7 @@ def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=Tru
     s["epochs"] = epochs or s["epochs"][1 if quick else 0]
     stateful = name == "stateful"
     H, D = s["hidden"], x.shape[-1]
-    rnn = common.recurrent(cell, D, H, seed=int(rng.integers(2 ** 31)), device=device)
+    rnn = common.recurrent(cell, D, H, seed=int(rng.integers(2 ** 31)), device=device, stateful=stateful)
     head = npylstm.Linear(H, K, seed=int(rng.integers(2 ** 31)))
     model = npylstm.Sequential([rnn, head], stateful=stateful, seed=seed)
     model.compile(loss="cross_entropy", optimizer=npylstm.Adam(lr=s["lr"]))
@@ -208,15 +206,16 @@ def run_one(name, seed, quick=False, epochs=None, device="cpu", progress=True, c
 
 def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, only=None, cell="lstm"):
     rows = [run_one(name, seed, quick, epochs, device, progress, cell) for name in (only or SETTINGS)]
-    return {"command": "alphabet", "config": {"seed": seed, "quick": quick, "device": device, "cell": cell,
-                                              "encoding": "letter index / 26, one feature per letter"},
+    return {"command": "alphabet", "quick": quick,
+            "config": {"seed": seed, "quick": quick, "device": device, "cell": cell,
+                       "encoding": "letter index / 26, one feature per letter"},
             "experiments": rows}
 
 
 def table(results):
     cell = results["config"].get("cell", "lstm").upper()
-    lines = [f"cell: {cell}; input: one feature per letter, its index / 26 (the tutorial's encoding); "
-             f"accuracy on the training set",
+    lines = [common.quick_label(f"cell: {cell}; input: one feature per letter, its index / 26 (the tutorial's "
+                                f"encoding); accuracy on the training set", results["config"]["quick"]),
              f"{'experiment':<40}{'accuracy':>9}  {'tutorial reported':<30}{'epochs':>7}{'time':>8}"]
     for r in results["experiments"]:
         lines.append(f"{r['description']:<40}{100 * r['accuracy']:>8.2f}%  {r['tutorial']:<30}{r['epochs']:>7}"
@@ -244,16 +243,20 @@ def figure(results, path):
     ax.barh(ypos, ours, color="tab:blue", height=0.6, label="npylstm (training accuracy)")
     theirs = [float(TUTORIAL[r["experiment"]].split("%")[0]) for r in rows]
     ax.plot(theirs, ypos, "D", color="tab:orange", ms=7, label="tutorial (Keras)")
-    for y, v in zip(ypos, ours):
-        ax.text(1.5, y, f"{v:.1f}%", va="center", ha="left", color="white", fontsize=8)
+    for y, v in zip(ypos, ours):   # inside a bar wide enough to hold it, else just after its end
+        inside = v >= 12
+        ax.text(1.5 if inside else v + 1.5, y, f"{v:.1f}%", va="center", ha="left",
+                color="white" if inside else "black", fontsize=8)
     ax.set_yticks(ypos)
     ax.set_yticklabels([r["description"] for r in rows], fontsize=9)
     ax.set_xlim(0, 104)
     ax.set_xlabel("accuracy (%)")
-    title = f"learn the alphabet, {results['config'].get('cell', 'lstm').upper()} (seed {results['config']['seed']})"
+    config = results["config"]
+    title = common.quick_label(f"learn the alphabet, {config.get('cell', 'lstm').upper()} (seed {config['seed']})",
+                               config["quick"])
     for r in rows:
         if r["experiment"] == "stateful":
-            title += f"; stateful from A: {r['recital_from_A']}; cold K: {r['cold_K']}"
+            title += f"\nstateful, seeded with A: {r['recital_from_A']}; cold start from K: {r['cold_K']}"
     ax.set_title(title, fontsize=9)
     fig.legend(loc="outside lower center", ncol=2, fontsize=8)
     return common.save_figure(fig, path)
@@ -269,7 +272,6 @@ def _run(args):
     if args.list:
         _list()
         return 0
-    common.positive_epochs(args.epochs)
     common.require_device(args.device)
     common.require_cell(args.cell, args.device)
     out = common.out_dir(args)
@@ -278,8 +280,8 @@ def _run(args):
                              progress=args.progress, only=args.only, cell=args.cell)
     results["seconds_total"] = tm.seconds
     stem = "alphabet" if args.cell == "lstm" else f"alphabet_{args.cell}"    # the LSTM keeps its file names
-    png = figure(results, os.path.join(out, f"{stem}.png"))
-    js = common.write_json(os.path.join(out, f"{stem}.json"), results)
+    js = common.write_json(common.output_path(out, stem, "json", args.quick), results)
+    written = [figure(results, common.output_path(out, stem, "png", args.quick))] if args.plot else []
     print(table(results))
-    print(f"wrote {png} and {js} ({tm.seconds:.1f} s)")
+    print(f"wrote {' and '.join(written + [js])} ({tm.seconds:.1f} s)")
     return 0

@@ -1,17 +1,21 @@
-"""What the seed experiments share: their flags, the cell (LSTM or GRU) and device checks, training with
-a progress bar and per-epoch timing, the results JSON, and matplotlib imported only when a figure is
-written.
+"""What the seed experiments share: their flags (checked by argparse `type=` functions, so a bad value is
+the command's usage line and one error line, exit status 2), the cell (LSTM or GRU) and device checks,
+training with a progress bar and per-epoch timing, the output folder and file names (a --quick run
+writes `NAME_quick.*`, never over a full run's files), the results JSON, and matplotlib imported only
+when a figure is written (--no-plot: none is).
 
 Every command module has `add_arguments(parser)` and `run(args) -> int`; `run` goes through
-`guarded`, which turns the expected failures (no GPU, no matplotlib) into one line on stderr and
-exit status 2 instead of a traceback.
+`guarded`, which turns the expected failures (no GPU, no matplotlib, an output folder that cannot be
+written) into one line on stderr and exit status 2 instead of a traceback.
 """
 
+import argparse
 import contextlib
 import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -21,6 +25,8 @@ from npylstm.gru import GRU
 from npylstm.lstm import LSTM
 
 EXIT_USAGE = 2  # the status argparse uses for a bad command line; we use it for "cannot run as asked"
+SEED_MAX = 2 ** 32 - 1   # NumPy's seed range (np.random.seed, RandomState): 0 .. 2**32 - 1
+PLOT_EXTRA = 'pip install "npylstm[plot]"'   # the install that brings matplotlib (and tqdm)
 CELLS = {"lstm": LSTM, "gru": GRU}   # --cell: the recurrent layer class the experiments build
 
 
@@ -29,15 +35,69 @@ class CommandError(Exception):
 
 
 # ---------------------------------------------------------------------------------- flags
+def seed_value(text):
+    """argparse type for --seed: an int in NumPy's seed range [0, 2**32 - 1]."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {SEED_MAX}], got {text!r}") from None
+    if not 0 <= seed <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {SEED_MAX}], got {seed}")
+    return seed
+
+
+def positive_int(text):
+    """argparse type for counts (--epochs, --repeats, ...): an int >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {n}")
+    return n
+
+
+def out_folder(text):
+    """argparse type for --out: a folder that exists or can be created, and can be written.
+
+    Refused: the empty string, an existing file, a path under a file, a place without write permission.
+    (Creating the folder and writing into it is tried again by out_dir before the command trains: that also
+    catches what permissions do not show, such as a read-only file system or running as root.)
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("must be a folder, got ''")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    parent = os.path.abspath(text)
+    while not os.path.exists(parent):              # the nearest existing folder above: the one makedirs writes into
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"cannot create {text!r}: {parent!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        what = "write into" if parent == os.path.abspath(text) else "create"
+        raise argparse.ArgumentTypeError(f"cannot {what} {text!r}: no write permission in {parent!r}")
+    return text
+
+
 def add_common_arguments(parser, *, epochs_help):
     """The flags every experiment takes. `epochs_help` says what --epochs means for this command."""
-    parser.add_argument("--seed", type=int, default=0, help="random seed: data, initial weights, shuffling (default 0)")
-    parser.add_argument("--epochs", type=int, default=None, help=f"{epochs_help}")
+    parser.add_argument("--seed", type=seed_value, default=0,
+                        help=f"random seed, 0 to {SEED_MAX}: data, initial weights, shuffling (default 0)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help=f"{epochs_help}")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the LSTM layers run (default cpu); cuda needs CuPy and a usable GPU")
-    parser.add_argument("--out", default="out", help="folder for the figure(s) and the results JSON (default ./out)")
-    parser.add_argument("--quick", action="store_true", help="small settings, seconds not minutes (for tests)")
+    parser.add_argument("--out", type=out_folder, default="out",
+                        help="folder for the figure(s) and the results JSON, created if missing (default ./out)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small settings, seconds not minutes; files named NAME_quick.*, labelled quick")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_plot_argument(parser)
+
+
+def add_plot_argument(parser):
+    """--no-plot (args.plot False): write the tables and JSON only; matplotlib is then not needed."""
+    parser.add_argument("--no-plot", dest="plot", action="store_false",
+                        help="no figures, only the table and the JSON (no matplotlib needed)")
 
 
 def add_cell_argument(parser):
@@ -46,6 +106,7 @@ def add_cell_argument(parser):
 
 
 def positive_epochs(epochs):
+    """CommandError unless epochs is None or >= 1 (for callers that bypass the argparse check)."""
     if epochs is not None and epochs < 1:
         raise CommandError(f"--epochs must be at least 1, got {epochs}")
     return epochs
@@ -198,9 +259,35 @@ class Timer:
 
 
 # ---------------------------------------------------------------------------------- output
-def out_dir(args):
-    os.makedirs(args.out, exist_ok=True)
+QUICK_SUFFIX = "_quick"   # a --quick run's files: alphabet_quick.png, alphabet_quick.json, ...
+
+
+def out_dir(args, figures=True):
+    """args.out made ready before any training: created, checked writable (a file is created and removed in
+    it), and matplotlib importable when the command draws (`figures`) and figures are asked for (args.plot).
+    CommandError (one line) if not."""
+    if figures and getattr(args, "plot", False):
+        pyplot()
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out):
+            pass
+    except OSError as e:
+        raise CommandError(f"--out {args.out}: cannot write there ({e.strerror or e})") from None
     return args.out
+
+
+def output_path(out, stem, ext, quick):
+    """out/STEM.EXT, or out/STEM_quick.EXT for a --quick run, so a quick run never overwrites a full one.
+
+    output_path("out", "alphabet", "png", True) -> "out/alphabet_quick.png"
+    """
+    return os.path.join(out, f"{stem}{QUICK_SUFFIX if quick else ''}.{ext}")
+
+
+def quick_label(text, quick):
+    """`text`, marked as a --quick run when it is one: for table headers and figure titles."""
+    return f"{text} [quick run: small settings]" if quick else text
 
 
 def write_json(path, results):
@@ -220,14 +307,29 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise CommandError("writing figures needs matplotlib: pip install 'npylstm[plot]'") from None
+        raise CommandError(f"writing figures needs matplotlib: {PLOT_EXTRA}, or run with --no-plot") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     return plt
 
 
-def save_figure(fig, path):
+def figure_format(path, where):
+    """The savefig format for `path`, from its suffix (.png, .svg, .pdf, ...: what matplotlib can write);
+    ValueError naming `where` and `path` for a missing or unknown suffix."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    fmt = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise ValueError(f"{where}: cannot tell the figure format of path {os.fspath(path)!r}: expected a suffix "
+                         f"among {', '.join('.' + k for k in sorted(known))}")
+    return fmt
+
+
+def save_figure(fig, path, *, close=True, where="save_figure"):
+    """Write `fig` to `path` atomically, in the format its suffix names (figure_format); returns path."""
     plt = pyplot()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    fmt = figure_format(path, where)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight"))
+    if close:
+        plt.close(fig)
     return path

@@ -92,7 +92,7 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
             found[(e, c)].update(seconds_per_epoch=median(wall), cpu_seconds_per_epoch=median(cpu),
                                  timed_epoch_seconds=wall, timed_epoch_cpu_seconds=cpu)
     rows = [{"experiment": e, "cell": c, **found[(e, c)]} for e in EXPERIMENTS for c in CELLS]
-    return {"command": "compare",
+    return {"command": "compare", "quick": quick,
             "config": {"seed": seed, "quick": quick, "device": device, "epochs": epochs, "timed_epochs": repeats,
                        "sine": sine.settings(quick, epochs), "alphabet_stateful": alphabet.SETTINGS["stateful"]},
             "machine": {"python": platform.python_version(), "numpy": np.__version__,
@@ -120,7 +120,8 @@ def time_epochs(fits, repeats):
 def table(results):
     """The fixed-width comparison table (what the README shows)."""
     head = f"{'experiment':<26}{'cell':<6}{'score':>18}{'params':>9}{'s / epoch':>11}{'cpu s / epoch':>15}  note"
-    lines = [head, "-" * len(head)]
+    lines = [common.quick_label("LSTM vs GRU, same seed, data and settings", results["config"]["quick"]),
+             head, "-" * len(head)]
     for r in results["rows"]:
         if r["metric"] == "accuracy":
             score = f"acc {100 * r['value']:.2f}%"
@@ -141,16 +142,15 @@ def table(results):
 
 
 def _run(args):
-    common.positive_epochs(args.epochs)
     common.require_device(args.device)
     for cell in CELLS:
         common.require_cell(cell, args.device)
-    out = common.out_dir(args)
+    out = common.out_dir(args, figures=False)   # compare draws nothing: --no-plot is accepted, changes nothing
     with common.Timer() as tm:
         results = experiment(seed=args.seed, quick=args.quick, epochs=args.epochs, device=args.device,
                              progress=args.progress)
     results["seconds_total"] = tm.seconds
-    js = common.write_json(os.path.join(out, "compare.json"), results)
+    js = common.write_json(common.output_path(out, "compare", "json", args.quick), results)
     print(table(results))
     print(f"wrote {js} ({tm.seconds:.1f} s)")
     return 0

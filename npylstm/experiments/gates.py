@@ -16,8 +16,6 @@ time, its state has to count where in the alphabet it is), or with --model sine 
 model (shown over the last 200 steps of the series, state carried from the first).
 """
 
-import os
-
 import numpy as np
 
 from npylstm.cell import step_forward
@@ -82,7 +80,8 @@ def gate_activations(model, x, layer=0):
 def plot_gates(acts, path=None, *, title=None, time_labels=None, time_axis=None):
     """Six heatmaps (time across, units down) of gate_activations' output; returns the Figure.
 
-    path        : also write it there (PNG by the extension)
+    path        : also write it there, atomically, in the format its suffix names (.png, .svg, .pdf, ...);
+                  ValueError for a suffix matplotlib cannot write
     time_labels : T strings to label the time axis (e.g. the letters fed), used when T <= 60
     time_axis   : T numbers for the time axis (e.g. t of a series); default 0..T-1
     Colour scales: gates I, F, O on [0, 1]; C̃ and H on [-1, 1]; C symmetric around 0.
@@ -93,6 +92,8 @@ def plot_gates(acts, path=None, *, title=None, time_labels=None, time_axis=None)
         raise ValueError(f"{where}: acts lacks {missing}; pass the dict gate_activations returns")
     T, H = np.shape(acts["H"])
     plt = common.pyplot()
+    if path is not None:
+        fmt = common.figure_format(path, where)                           # refuse before drawing anything
     fig, axes = plt.subplots(2, 3, figsize=(14, 6.5), constrained_layout=True, sharex=True, sharey=True)
     extent = None
     if time_axis is not None:
@@ -120,7 +121,7 @@ def plot_gates(acts, path=None, *, title=None, time_labels=None, time_axis=None)
     if title:
         fig.suptitle(title)
     if path is not None:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight"))
     return fig
 
 
@@ -171,25 +172,28 @@ def _sine(args):
 
 
 def _run(args):
-    common.positive_epochs(args.epochs)
     common.require_device(args.device)
     out = common.out_dir(args)
     with common.Timer() as tm:
         acts, info, plot_kw = (_alphabet if args.model == "alphabet" else _sine)(args)
     stem = "gates" if args.model == "alphabet" else f"gates_{args.model}"   # the two models never overwrite each other
-    png = common.save_figure(plot_gates(acts, **plot_kw), os.path.join(out, f"{stem}.png"))
-    npz = atomic_write(os.path.join(out, f"{stem}.npz"), lambda f: np.savez(f, **acts))
+    plot_kw["title"] = common.quick_label(plot_kw["title"], args.quick)
+    npz = atomic_write(common.output_path(out, stem, "npz", args.quick), lambda f: np.savez(f, **acts))
     T, H = acts["H"].shape
-    results = {"command": "gates", "config": {"seed": args.seed, "quick": args.quick, "device": args.device,
+    results = {"command": "gates", "quick": args.quick, "config": {"seed": args.seed, "quick": args.quick, "device": args.device,
                                               "model": args.model},
                **info, "steps": T, "units": H,
                "mean": {k: float(v.mean()) for k, v in acts.items()},
                "saturated_fraction": {k: float(np.mean((acts[k] < 0.05) | (acts[k] > 0.95))) for k in ("I", "F", "O")},
                "seconds": tm.seconds}
-    js = common.write_json(os.path.join(out, f"{stem}.json"), results)
-    print(f"{info['model']}; {T} steps x {H} units")
+    js = common.write_json(common.output_path(out, stem, "json", args.quick), results)
+    written = [npz + " (the arrays)", js]
+    if args.plot:
+        written.insert(0, common.save_figure(plot_gates(acts, **plot_kw), common.output_path(out, stem, "png",
+                                                                                             args.quick)))
+    print(common.quick_label(f"{info['model']}; {T} steps x {H} units", args.quick))
     if "predicted_next" in info:
         print(f"fed A..Z, predicts next: {info['predicted_next']}")
     print("mean over steps and units: " + ", ".join(f"{k} {v:+.3f}" for k, v in results["mean"].items()))
-    print(f"wrote {png}, {npz} (the arrays) and {js} ({tm.seconds:.1f} s)")
+    print(f"wrote {', '.join(written)} ({tm.seconds:.1f} s)")
     return 0

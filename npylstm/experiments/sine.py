@@ -36,6 +36,7 @@ which take 9 optimizer steps an epoch against the stateless model's 25, get more
 --seeds 0-9 runs the whole experiment once per seed and prints the spread.
 """
 
+import argparse
 import math
 import os
 import re
@@ -58,6 +59,7 @@ TEST_FRACTION = 0.2
 WINDOW = 20
 FREE_RUN_STEPS = 200
 ON_THE_WAVE_MSE = 0.05      # a free run "stays on the wave" when its MSE vs the clean sine is at most this
+SEEDS_MAX = 1000            # --seeds: more runs than anyone waits for (a full run takes ~25 s of CPU)
 
 MODELS = ("stateless", "stateful", "stacked_stateful", "dense")
 COLORS = {"stateless": "tab:blue", "stateful": "tab:orange", "stacked_stateful": "tab:green", "dense": "tab:purple",
@@ -76,12 +78,12 @@ def add_arguments(parser):
     common.add_common_arguments(parser, epochs_help="training epochs of every model (default 100 for the window "
                                                     "models, 500 for the stateful ones; quick: 8 and 60)")
     common.add_cell_argument(parser)
-    parser.add_argument("--seeds", default=None, metavar="A-B",
+    parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="A-B",
                         help="run once per seed (a range such as 0-9, a single seed, or a comma list such as "
                              "0-3,7) and print the spread; overrides --seed")
-    parser.add_argument("--layers", type=int, default=None,
+    parser.add_argument("--layers", type=stacked_layers, default=None,
                         help="LSTM layers of the stacked stateful model (default 2)")
-    parser.add_argument("--noise", type=float, default=None,
+    parser.add_argument("--noise", type=noise_value, default=None,
                         help=f"standard deviation of the noise added to the sine (default {SIGMA}; 0: the clean sine)")
     parser.add_argument("--data", default=None, metavar="FILE.csv",
                         help="a univariate series of your own from a CSV file, in place of the sine")
@@ -163,7 +165,8 @@ def train_stateful(train_part, s, seed, rng, device="cpu", progress=True, cell="
     Returns (model, streams, history, seconds)."""
     H = s["hidden"]
     streams = npylstm.stream_batches(train_part, s["streams"], s["steps"])
-    model = npylstm.Sequential([common.recurrent(cell, 1, H, seed=seed + 1, device=device, num_layers=layers),
+    model = npylstm.Sequential([common.recurrent(cell, 1, H, seed=seed + 1, device=device, num_layers=layers,
+                                                 stateful=True),
                                 npylstm.Linear(H, 1, seed=seed + 101)], return_sequences=True, stateful=True, seed=seed)
     batches = len(streams.x) // s["streams"]
     model.compile(loss="mse", optimizer=CosineAdam(s["stateful_lr"], s["stateful_epochs"] * batches))
@@ -272,7 +275,8 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, ce
     X_test, _ = npylstm.make_windows(test_part, WINDOW)
     stateless = npylstm.Sequential([common.recurrent(cell, 1, H, seed=seed, device=device),
                                     npylstm.Linear(H, 1, seed=seed + 100)], seed=seed)
-    stateless.compile(loss="mse", optimizer=CosineAdam(s["lr"], s["epochs"] * math.ceil(len(X_train) / s["batch_size"])))
+    steps = s["epochs"] * math.ceil(len(X_train) / s["batch_size"])
+    stateless.compile(loss="mse", optimizer=CosineAdam(s["lr"], steps))
     with common.Timer() as tm:
         hist["stateless"] = common.train(stateless, X_train, y_train, epochs=s["epochs"], batch_size=s["batch_size"],
                                          rng=rng, progress=progress, desc=f"sine stateless {cell}")
@@ -346,18 +350,15 @@ def row_names(config):
             "dense": f"dense MLP, windows of {WINDOW}", "last_value": "last value"}
 
 
-def quick_note(config):
-    return " (quick run: small settings, not the full experiment)" if config.get("quick") else ""
-
-
 def table(results):
     m, c = results["test_mse"], results["config"]
     f = results[free_run_key(results)]
     floor = m.get("noise_floor", 0.0)
     ratio = (lambda v: f"{v / floor:>8.2f}") if floor > 0 else (lambda v: "")
     names = row_names(c)
-    lines = [f"{'one-step forecast, test part':<34}{'test MSE':>10}{'÷ σ²' if floor > 0 else '':>8}"
-             f"{'free-run MSE':>14}"]
+    head = (f"{'one-step forecast, test part':<34}{'test MSE':>10}{'÷ σ²' if floor > 0 else '':>8}"
+            f"{'free-run MSE':>14}")
+    lines = [common.quick_label(head, c["quick"])]
     lines += [f"{names[k]:<34}{m[k]:>10.5f}{ratio(m[k])}{f[k]:>14.4f}" for k in MODELS]
     lines.append(f"{names['last_value']:<34}{m['last_value']:>10.5f}{ratio(m['last_value'])}")
     if c["source"] == "sine":
@@ -365,7 +366,7 @@ def table(results):
         lines.append(f"{'clean sin(t) (this sample)':<34}{m['clean_signal']:>10.5f}{ratio(m['clean_signal'])}")
     against = "the clean sine" if c["source"] == "sine" else f"the test part ({f['steps']} points)"
     lines.append(f"free run: {FREE_RUN_STEPS} steps from the end of the training data, each prediction fed back; "
-                 f"MSE vs {against}{quick_note(c)}")
+                 f"MSE vs {against}")
     return "\n".join(lines)
 
 
@@ -379,9 +380,10 @@ def figure(arrays, results, path):
         ax1.plot(t[n:], clean[n:], "-", color="0.2", lw=0.8, label="sin(t)")
     for k in MODELS:
         ax1.plot(t[n:], arrays["pred"][k], "-", color=COLORS[k], lw=1.2, label=f"{names[k]}, MSE {m[k]:.4f}")
-    what = "" if clean is None else f"; noise floor σ² = {m['noise_floor']:.3g}, on this sample {m['clean_signal']:.4f}"
-    ax1.set_title(f"one-step predictions on the test part (last value MSE {m['last_value']:.4f}{what})"
-                  f"{quick_note(c)}")
+    what = "" if clean is None else \
+        f"; noise floor σ² = {m['noise_floor']:.3g}, on this sample {m['clean_signal']:.4f}"
+    ax1.set_title(common.quick_label(f"one-step predictions on the test part (last value MSE "
+                                     f"{m['last_value']:.4f}{what})", c["quick"]))
     ax1.set_xlabel("t")
     ax1.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
@@ -407,16 +409,47 @@ def figure(arrays, results, path):
 
 # ---------------------------------------------------------------------------------- --seeds
 def parse_seeds(text):
-    """'0-9', '3', '0-3,7' -> [0, ..., 9], [3], [0, 1, 2, 3, 7] (sorted, no repeats)."""
+    """argparse type for --seeds: '0-9', '3', '0-3,7' -> [0, ..., 9], [3], [0, 1, 2, 3, 7] (sorted, no repeats),
+    each seed in --seed's range, at most SEEDS_MAX of them."""
     seeds = set()
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise common.CommandError(f"--seeds takes a range A-B with A <= B, a single seed or a comma list "
-                                      f"of them (e.g. 0-9, 3, 0-3,7), got {text!r}")
-        a = int(m.group(1))
-        seeds.update(range(a, int(m.group(2) or a) + 1))
+        a, b = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (0, -1)
+        if b < a or b > common.SEED_MAX or len(seeds) + b - a + 1 > SEEDS_MAX:
+            raise argparse.ArgumentTypeError(
+                f"takes a range A-B (A <= B), a seed or a comma list of them (e.g. 0-9, 3, 0-3,7), at most "
+                f"{SEEDS_MAX} seeds in [0, {common.SEED_MAX}], got {text!r}")
+        seeds.update(range(a, b + 1))
     return sorted(seeds)
+
+
+def format_seeds(seeds):
+    """[0, 1, 2, 3, 7] -> '0-3, 7'."""
+    runs, start = [], seeds[0]
+    for prev, k in zip(seeds, seeds[1:] + [None]):
+        if k is None or k != prev + 1:
+            runs.append(str(start) if start == prev else f"{start}-{prev}")
+            start = k
+    return ", ".join(runs)
+
+
+def stacked_layers(text):
+    """argparse type for --layers: an int >= 2 (one layer is the stateful model itself)."""
+    n = common.positive_int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"is the stacked stateful model's depth, an integer >= 2, got {n}")
+    return n
+
+
+def noise_value(text):
+    """argparse type for --noise: a finite number >= 0."""
+    try:
+        sigma = float(text)
+    except ValueError:
+        sigma = math.nan
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return sigma
 
 
 def spread(runs):
@@ -438,10 +471,12 @@ def seeds_table(summary):
     short = {"stateless": "stateless", "stateful": "stateful", "stacked_stateful": "stacked", "dense": "dense",
              "last_value": "last"}
     one = MODELS + ("last_value",)
-    lines = [f"{'':<8}{'one-step test MSE':<{10 * len(one)}}  "
-             f"free-run {runs[0][key]['steps']} steps, MSE vs "
-             f"{'the clean sine' if key == 'free_run_mse_vs_clean' else 'the test part'}",
-             f"{'seed':<8}" + "".join(f"{short[k]:>10}" for k in one) + "  " + "".join(f"{short[k]:>10}" for k in MODELS)]
+    lines = [common.quick_label(f"{'':<8}{'one-step test MSE':<{10 * len(one)}}  "
+                                f"free-run {runs[0][key]['steps']} steps, MSE vs "
+                                f"{'the clean sine' if key == 'free_run_mse_vs_clean' else 'the test part'}",
+                                runs[0]["config"]["quick"]),
+             f"{'seed':<8}" + "".join(f"{short[k]:>10}" for k in one) + "  "
+             + "".join(f"{short[k]:>10}" for k in MODELS)]
 
     def row(label, test, free):
         return (f"{label:<8}" + "".join(f"{test[k]:>10.5f}" for k in one) + "  "
@@ -456,7 +491,7 @@ def seeds_table(summary):
                      + ", ".join(f"{short[k]} {s['on_the_wave'][k]}/{len(runs)}" for k in MODELS))
     c = runs[0]["config"]
     if c["source"] == "sine":
-        lines.append(f"noise floor σ² = {c['sigma'] ** 2:.5f}{quick_note(c)}")
+        lines.append(f"noise floor σ² = {c['sigma'] ** 2:.5f}")
     return "\n".join(lines)
 
 
@@ -486,13 +521,15 @@ def seeds_figure(summary, path):
         axes[1].axhline(ON_THE_WAVE_MSE, color="0.3", ls="--", lw=1, label=f"on the wave: MSE <= {ON_THE_WAVE_MSE}")
         axes[1].legend(loc="upper left", fontsize=8)
     axes[1].set_ylabel("free-running MSE")
-    axes[1].set_title(f"{runs[0][key]['steps']} steps running free, {len(runs)} seeds{quick_note(c)}")
+    axes[1].set_title(f"{runs[0][key]['steps']} steps running free, {len(runs)} seeds")
+    fig.suptitle(common.quick_label(f"npylstm sine, seeds {format_seeds(summary['seeds'])}", c["quick"]))
     return common.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------- the command
 def output_stem(args):
-    """sine[_gru][_noise<σ> | _<data file>][_seeds][_quick]: each kind of run keeps its own files."""
+    """sine[_gru][_noise<σ> | _<data file>][_seeds] (common.output_path adds _quick): each kind of run keeps
+    its own files."""
     stem = "sine" if args.cell == "lstm" else f"sine_{args.cell}"    # the LSTM keeps its file names
     if args.data is not None:
         stem += "_" + re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.basename(args.data))[0])
@@ -500,7 +537,7 @@ def output_stem(args):
         stem += f"_noise{args.noise:g}"
     if args.seeds is not None:
         stem += "_seeds"
-    return stem + ("_quick" if args.quick else "")
+    return stem
 
 
 def load_data(args, s):
@@ -525,14 +562,9 @@ def load_data(args, s):
 
 def check_args(args):
     """Every command-line check, before anything runs; returns (seeds, data)."""
-    common.positive_epochs(args.epochs)
     common.require_device(args.device)
     common.require_cell(args.cell, args.device)
-    if args.layers is not None and args.layers < 2:
-        raise common.CommandError(f"--layers is the stacked stateful model's depth, at least 2, got {args.layers}")
-    if args.noise is not None and not (math.isfinite(args.noise) and args.noise >= 0):
-        raise common.CommandError(f"--noise must be a finite number >= 0, got {args.noise}")
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    seeds = args.seeds if args.seeds is not None else [args.seed]
     data = load_data(args, settings(args.quick, args.epochs, args.layers))
     return seeds, data
 
@@ -556,14 +588,13 @@ def _run(args):
             if args.seeds is not None and args.progress:
                 print(f"seed {seed}: {tm.seconds:.1f} s", file=sys.stderr)
     if args.seeds is None:
-        png = figure(arrays, results, os.path.join(out, f"{stem}.png"))
-        js = common.write_json(os.path.join(out, f"{stem}.json"), results)
-        print(table(results))
+        content, draw, text = results, (lambda path: figure(arrays, results, path)), table(results)
     else:
-        summary = {"command": "sine --seeds", "seeds": seeds, "spread": spread(runs), "runs": runs,
-                   "seconds": total.seconds}
-        png = seeds_figure(summary, os.path.join(out, f"{stem}.png"))
-        js = common.write_json(os.path.join(out, f"{stem}.json"), summary)
-        print(seeds_table(summary))
-    print(f"wrote {png} and {js} ({total.seconds:.1f} s)")
+        content = {"command": "sine --seeds", "quick": args.quick, "seeds": seeds, "spread": spread(runs),
+                   "runs": runs, "seconds": total.seconds}
+        draw, text = (lambda path: seeds_figure(content, path)), seeds_table(content)
+    js = common.write_json(common.output_path(out, stem, "json", args.quick), content)
+    written = [draw(common.output_path(out, stem, "png", args.quick))] if args.plot else []
+    print(text)
+    print(f"wrote {' and '.join(written + [js])} ({total.seconds:.1f} s)")
     return 0
