@@ -350,20 +350,28 @@ def row_names(config):
             "dense": f"dense MLP, windows of {WINDOW}", "last_value": "last value"}
 
 
+def mse_format(results, digits):
+    """A format for the MSEs: `digits` decimals on the noisy sine, significant digits otherwise (a clean sine's
+    one-step MSEs are ~1e-6; a CSV's are in its own units)."""
+    noisy = results["config"]["source"] == "sine" and results["test_mse"]["noise_floor"] > 0
+    return f".{digits}f" if noisy else ".4g"
+
+
 def table(results):
     m, c = results["test_mse"], results["config"]
     f = results[free_run_key(results)]
     floor = m.get("noise_floor", 0.0)
     ratio = (lambda v: f"{v / floor:>8.2f}") if floor > 0 else (lambda v: "")
+    one, free = mse_format(results, 5), mse_format(results, 4)
     names = row_names(c)
     head = (f"{'one-step forecast, test part':<34}{'test MSE':>10}{'÷ σ²' if floor > 0 else '':>8}"
             f"{'free-run MSE':>14}")
     lines = [common.quick_label(head, c["quick"])]
-    lines += [f"{names[k]:<34}{m[k]:>10.5f}{ratio(m[k])}{f[k]:>14.4f}" for k in MODELS]
-    lines.append(f"{names['last_value']:<34}{m['last_value']:>10.5f}{ratio(m['last_value'])}")
+    lines += [f"{names[k]:<34}{m[k]:>10{one}}{ratio(m[k])}{f[k]:>14{free}}" for k in MODELS]
+    lines.append(f"{names['last_value']:<34}{m['last_value']:>10{one}}{ratio(m['last_value'])}")
     if c["source"] == "sine":
-        lines.append(f"{'noise floor σ²':<34}{floor:>10.5f}{ratio(floor)}")
-        lines.append(f"{'clean sin(t) (this sample)':<34}{m['clean_signal']:>10.5f}{ratio(m['clean_signal'])}")
+        lines.append(f"{'noise floor σ²':<34}{floor:>10{one}}{ratio(floor)}")
+        lines.append(f"{'clean sin(t) (this sample)':<34}{m['clean_signal']:>10{one}}{ratio(m['clean_signal'])}")
     against = "the clean sine" if c["source"] == "sine" else f"the test part ({f['steps']} points)"
     lines.append(f"free run: {FREE_RUN_STEPS} steps from the end of the training data, each prediction fed back; "
                  f"MSE vs {against}")
@@ -375,16 +383,17 @@ def figure(arrays, results, path):
     t, series, clean, n = arrays["t"], arrays["series"], arrays["clean"], arrays["n_train"]
     m, c, names = results["test_mse"], results["config"], row_names(results["config"])
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 7.5), constrained_layout=True)
-    ax1.plot(t[n:], series[n:], ".", color="0.55", ms=3, label="truth" if clean is None else "noisy truth")
-    if clean is not None:
+    noisy = clean is not None and m["noise_floor"] > 0
+    fmt = mse_format(results, 4)
+    ax1.plot(t[n:], series[n:], ".", color="0.55", ms=3, label="noisy truth" if noisy else "truth")
+    if noisy:
         ax1.plot(t[n:], clean[n:], "-", color="0.2", lw=0.8, label="sin(t)")
     for k in MODELS:
-        ax1.plot(t[n:], arrays["pred"][k], "-", color=COLORS[k], lw=1.2, label=f"{names[k]}, MSE {m[k]:.4f}")
-    what = "" if clean is None else \
-        f"; noise floor σ² = {m['noise_floor']:.3g}, on this sample {m['clean_signal']:.4f}"
+        ax1.plot(t[n:], arrays["pred"][k], "-", color=COLORS[k], lw=1.2, label=f"{names[k]}, MSE {m[k]:{fmt}}")
+    what = f"; noise floor σ² = {m['noise_floor']:.3g}, on this sample {m['clean_signal']:.4f}" if noisy else ""
     ax1.set_title(common.quick_label(f"one-step predictions on the test part (last value MSE "
-                                     f"{m['last_value']:.4f}{what})", c["quick"]))
-    ax1.set_xlabel("t")
+                                     f"{m['last_value']:{fmt}}{what})", c["quick"]))
+    ax1.set_xlabel("t" if clean is not None else "row of the series")
     ax1.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
     f = results[free_run_key(results)]
@@ -397,12 +406,12 @@ def figure(arrays, results, path):
     if clean is not None:
         ax2.plot(t_free, np.sin(t_free), "-", color="0.2", lw=0.8, label="sin(t)")
     for k in MODELS:
-        ax2.plot(t_free, arrays["free"][k], "-", color=COLORS[k], lw=1.2, label=f"{names[k]}, MSE {f[k]:.4f}")
+        ax2.plot(t_free, arrays["free"][k], "-", color=COLORS[k], lw=1.2, label=f"{names[k]}, MSE {f[k]:{fmt}}")
     ax2.axvline(t[n - 1], color="0.4", ls=":", lw=1)
     against = "the clean sine" if clean is not None else f"the test part, {f['steps']} points"
     ax2.set_title(f"{k_steps} steps running free from the end of the training data, each prediction fed back "
                   f"(MSE vs {against})")
-    ax2.set_xlabel("t")
+    ax2.set_xlabel("t" if clean is not None else "row of the series")
     ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return common.save_figure(fig, path)
 
@@ -478,9 +487,11 @@ def seeds_table(summary):
              f"{'seed':<8}" + "".join(f"{short[k]:>10}" for k in one) + "  "
              + "".join(f"{short[k]:>10}" for k in MODELS)]
 
+    f_one, f_free = mse_format(runs[0], 5), mse_format(runs[0], 4)
+
     def row(label, test, free):
-        return (f"{label:<8}" + "".join(f"{test[k]:>10.5f}" for k in one) + "  "
-                + "".join(f"{free[k]:>10.4f}" for k in MODELS))
+        return (f"{label:<8}" + "".join(f"{test[k]:>10{f_one}}" for k in one) + "  "
+                + "".join(f"{free[k]:>10{f_free}}" for k in MODELS))
     for r in runs:
         lines.append(row(str(r["config"]["seed"]), r["test_mse"], r[key]))
     for stat in ("median", "worst"):
