@@ -27,7 +27,7 @@ against the clean sin(t) (on --data, against the test part).
 
 Free running is what decides the training schedule. The one-step loss is dominated by the noise
 (σ² = 0.01), while a free run 200 steps long is spoilt by a drift of the model's period that adds
-~1e-5 to that loss. At a constant learning rate Adam keeps moving the weights along such flat
+~2e-5 to that loss. At a constant learning rate Adam keeps moving the weights along such flat
 directions, so the continuation wandered from one epoch to the next (MSE 0.03 and 0.9 ten epochs
 apart) while the one-step MSE stayed at the floor. Every model is therefore trained with the learning
 rate on half a cosine down to 0 (CosineAdam), which lets the weights settle; the stateful models,
