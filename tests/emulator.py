@@ -1,7 +1,7 @@
 """A CPU emulator of the CUDA kernels: the real kernel source, compiled by g++, launched by the real launch code.
 
 The loader's spliced source (npylstm.gpu.load_source) is compiled by g++ with a shim that makes it C++:
-one OS thread per CUDA thread, __syncthreads() a std::barrier per block. The launch code of npylstm/gpu.py and
+one OS thread per CUDA thread (a pool kept between launches), __syncthreads() a std::barrier per block. The launch code of npylstm/gpu.py and
 gru_gpu.py runs unchanged against it, with NumPy arrays standing for CuPy's: `cupy_on_cpu()` stands in for the
 cupy module (RawModule, RawKernel, the device query), `launch_on_cpu()` plugs it into a backend module.
 
@@ -30,6 +30,7 @@ shared-memory bank pressure, occupancy, and anything about speed.
 
 import collections
 import ctypes
+import hashlib
 import os
 import re
 import shutil
@@ -75,9 +76,11 @@ EMULATOR = r"""
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -147,6 +150,45 @@ inline void grid_sync() {
     if (!now->cooperative) { now->grid_sync_outside = 1; return; }   // the launch fails (code 3003)
     now->grid->arrive_and_wait();
 }
+
+// The OS threads that play CUDA threads, kept between launches (creating hundreds of threads per launch would cost
+// more than most kernels): run(n, f) calls f(0) .. f(n - 1) on n of them at once and returns when all are done.
+class Workers {
+  public:
+    void run(int n, const std::function<void(int)>& f) {
+        std::unique_lock<std::mutex> lock(m_);
+        while ((int)count_ < n) { std::thread(&Workers::loop, this, (int)count_).detach(); ++count_; }
+        task_ = &f;
+        active_ = remaining_ = n;
+        ++generation_;
+        wake_.notify_all();
+        done_.wait(lock, [&] { return remaining_ == 0; });
+        task_ = nullptr;
+    }
+
+  private:
+    void loop(int i) {
+        long long seen = 0;
+        std::unique_lock<std::mutex> lock(m_);
+        for (;;) {
+            wake_.wait(lock, [&] { return generation_ != seen; });
+            seen = generation_;
+            if (i >= active_) continue;
+            const std::function<void(int)>* f = task_;
+            lock.unlock();
+            (*f)(i);
+            lock.lock();
+            if (--remaining_ == 0) done_.notify_all();
+        }
+    }
+    std::mutex m_;
+    std::condition_variable wake_, done_;
+    const std::function<void(int)>* task_ = nullptr;
+    long long generation_ = 0;
+    int active_ = 0, remaining_ = 0;
+    long long count_ = 0;
+};
+inline Workers& workers() { static Workers* w = new Workers; return *w; }   // never destroyed: its threads never end
 }  // namespace emu
 
 static inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
@@ -217,34 +259,31 @@ static int launch(void (*k)(Args...), const long long* cfg, const long long* ord
     std::vector<std::unique_ptr<emu::Block>> blocks;
     for (long long s = 0; s < live; ++s) blocks.push_back(std::make_unique<emu::Block>(threads, dyn));
     std::atomic<long long> next{0};
-    std::vector<std::thread> pool;   // one OS thread per CUDA thread of each live block
-    pool.reserve(live * threads);
-    for (long long s = 0; s < live; ++s)
-        for (int t = 0; t < threads; ++t)
-            pool.emplace_back([&, s, t] {
-                emu::Block& b = *blocks[s];
-                emu::block = &b;
-                threadIdx = {t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
-                for (int round = 0;; ++round) {
-                    if (t == 0) {   // the block's first thread takes the next block id and resets its shared memory
-                        const long long i = coop ? (round == 0 ? s : nblocks) : next.fetch_add(1);
-                        b.id = i < nblocks ? order[i] : -1;
-                        b.sites.clear();
-                        b.spill.clear();
-                        b.used = 0;
-                        std::memset(b.dynamic.get(), emu::POISON, dyn);
-                    }
-                    b.bar.arrive_and_wait();
-                    const long long id = b.id;
-                    if (id < 0) break;
-                    blockIdx = {(unsigned)(id % gridDim.x), (unsigned)(id / gridDim.x % gridDim.y),
-                                (unsigned)(id / ((long long)gridDim.x * gridDim.y))};
-                    invoke(k, params, std::index_sequence_for<Args...>{});
-                    if (coop) grid.arrive_and_drop();   // a finished thread no longer holds up grid.sync()
-                    b.bar.arrive_and_wait();            // the block is done before its storage is reused
-                }
-            });
-    for (auto& th : pool) th.join();
+    emu::workers().run((int)(live * threads), [&](int w) {   // one OS thread per CUDA thread of each live block
+        const long long s = w / threads;
+        const int t = w % threads;
+        emu::Block& b = *blocks[s];
+        emu::block = &b;
+        threadIdx = {t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+        for (int round = 0;; ++round) {
+            if (t == 0) {   // the block's first thread takes the next block id and resets its shared memory
+                const long long i = coop ? (round == 0 ? s : nblocks) : next.fetch_add(1);
+                b.id = i < nblocks ? order[i] : -1;
+                b.sites.clear();
+                b.spill.clear();
+                b.used = 0;
+                std::memset(b.dynamic.get(), emu::POISON, dyn);
+            }
+            b.bar.arrive_and_wait();
+            const long long id = b.id;
+            if (id < 0) break;
+            blockIdx = {(unsigned)(id % gridDim.x), (unsigned)(id / gridDim.x % gridDim.y),
+                        (unsigned)(id / ((long long)gridDim.x * gridDim.y))};
+            invoke(k, params, std::index_sequence_for<Args...>{});
+            if (coop) grid.arrive_and_drop();   // a finished thread no longer holds up grid.sync()
+            b.bar.arrive_and_wait();            // the block is done before its storage is reused
+        }
+    });
     emu::now = nullptr;
     const long long st = L.static_bytes.load();
     report[0] = st;
@@ -353,20 +392,42 @@ class LaunchRecord(NamedTuple):
     order: tuple
 
 
+def compile_emulator(d, source, name_expressions):
+    """g++ builds the emulator of `source` (a spliced kernel source) in directory d; returns the library's path.
+
+    With NPYLSTM_EMU_CACHE set to a directory, a build of the same text with the same command is taken from there
+    (and a new one stored there): benchmarks/mutate_kernels.py rebuilds only what a mutant changes.
+    """
+    gxx = need_tool("g++")
+    d = Path(d)
+    cpp, spliced = emulator_source(name_expressions), rewrite_shared(source)
+    (d / "spliced.cu").write_text(spliced)
+    (d / "emulator.cpp").write_text(cpp)
+    (d / "cooperative_groups.h").write_text("#pragma once  // the emulator's shim defines cooperative_groups\n")
+    flags = ["-O1", "-std=c++20", "-pthread", "-shared", "-fPIC", "-w"]
+    cache = os.environ.get("NPYLSTM_EMU_CACHE")
+    if cache:
+        key = hashlib.sha256("\0".join([gxx, *flags, cpp, spliced]).encode()).hexdigest()[:32]
+        cached = Path(cache) / f"emulator-{key}.so"
+        if cached.is_file():
+            return cached
+    so = d / "emulator.so"
+    r = subprocess.run([gxx, *flags, "-I", str(d), "-o", str(so), str(d / "emulator.cpp")],
+                       capture_output=True, text=True, cwd=d)
+    assert r.returncode == 0, f"g++ failed on the kernel source:\n{r.stderr[-6000:]}"
+    if cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(so, tmp)
+        os.replace(tmp, cached)
+    return so
+
+
 def build_emulator(d, kernel_file=None, name_expressions=(), source=None, seed=None):
     """The kernels of kernels/`kernel_file` (the loader's spliced source), or of `source`, built by g++ in d."""
     from npylstm import gpu
-    gxx = need_tool("g++")
-    d = Path(d)
     source = gpu.load_source(kernel_file) if source is None else source
-    (d / "spliced.cu").write_text(rewrite_shared(source))
-    (d / "emulator.cpp").write_text(emulator_source(name_expressions))
-    (d / "cooperative_groups.h").write_text("#pragma once  // the emulator's shim defines cooperative_groups\n")
-    so = d / "emulator.so"
-    r = subprocess.run([gxx, "-O1", "-std=c++20", "-pthread", "-shared", "-fPIC", "-w", "-I", str(d), "-o", str(so),
-                        str(d / "emulator.cpp")], capture_output=True, text=True, cwd=d)
-    assert r.returncode == 0, f"g++ failed on {kernel_file or 'the source'}:\n{r.stderr[-6000:]}"
-    lib = ctypes.CDLL(str(so))
+    lib = ctypes.CDLL(str(compile_emulator(d, source, name_expressions)))
     lib.emulate.restype = ctypes.c_int
     return Emulator(lib, source, name_expressions, seed)
 

@@ -292,7 +292,7 @@ def _backward_case(seed, N, H, dtype=np.float64):
 
 
 @pytest.mark.parametrize("kernel_version", [1, 2])
-def test_c_version_2_backward_with_dH_prev_aliasing_dH_is_wrong(lstm_on_cpu, lstm, kernel_version):
+def test_c_real_kernels_version_2_backward_with_dH_prev_aliasing_dH_is_wrong(lstm_on_cpu, lstm, kernel_version):
     """lstm_backward_kernel2 reads all of dH in every column tile while other tiles write dH_prev: aliased, some
     block reads what another already overwrote. Version 1 reads dH before cuBLAS writes dH_prev, so it is fine."""
     from npylstm import gpu
