@@ -1,23 +1,24 @@
 """A CPU emulator of the CUDA kernels: the real kernel source, compiled by g++, launched by the real launch code.
 
-The loader's spliced source (npylstm.gpu.load_source) is compiled by g++ with a shim that makes it C++:
-one OS thread per CUDA thread (a pool kept between launches), __syncthreads() a std::barrier per block. The launch code of npylstm/gpu.py and
-gru_gpu.py runs unchanged against it, with NumPy arrays standing for CuPy's: `cupy_on_cpu()` stands in for the
-cupy module (RawModule, RawKernel, the device query), `launch_on_cpu()` plugs it into a backend module.
+The loader's spliced source (npylstm.gpu.load_source) is compiled by g++ with a shim that makes it C++: one OS
+thread per CUDA thread (a pool kept between launches), __syncthreads() a barrier per block. The launch code of
+npylstm/gpu.py and gru_gpu.py runs unchanged against it, with NumPy arrays standing for CuPy's: `cupy_on_cpu()`
+stands in for the cupy module (RawModule, RawKernel, the device query), `launch_on_cpu()` plugs it into a backend.
 
 What a launch does, and what that lets the tests see:
-- Blocks run concurrently, LIVE_BLOCKS at a time, started in a seeded random order (the order of launch
-  number k is a function of (seed, k), recorded in Emulator.log): a result that depends on the block order,
-  or a race between blocks, shows as a wrong result for some seed (and to ThreadSanitizer, run_under_thread_sanitizer).
+- Blocks run concurrently, LIVE_BLOCKS at a time, started in a seeded random order (the order of launch number k
+  is a function of (seed, k), recorded in Emulator.log; NPYLSTM_EMU_SEED picks the seed): a result that depends
+  on the block order, or a race between blocks, shows as a wrong result for some seed, and to ThreadSanitizer
+  (run_under_thread_sanitizer: nothing in the emulator orders one block's memory accesses after another's).
 - Shared memory starts poisoned (all-ones bytes: NaN in float and double) at every block start, static
   `__shared__` and `extern __shared__` alike, and every live block has its own: the source's `__shared__`
   declarations are rewritten before compiling (rewrite_shared) into references to a per-block arena.
-- Arguments that are the same allocation on the host (one array passed twice, views such as Hs[t] and
-  Hs[t + 1] of one array) are the same memory in the kernel: each allocation is copied once, between guard
-  zones, and each argument points at its offset. The bytes of the allocation outside every argument's view
-  are poisoned too, so a read outside the views shows as NaN, and a write there (or into a guard zone) fails the launch.
-- sm_90's launch limits are checked (block and grid sizes, 48 KB of static shared memory, dynamic shared
-  memory beyond 48 KB only after `kernel.max_dynamic_shared_size_bytes = n`, up to 227 KB), as cuLaunchKernel would.
+- Arguments that are the same allocation on the host (one array passed twice, views such as Hs[t] and Hs[t + 1]
+  of one array) are the same memory in the kernel: each allocation is copied once, between guard zones, and each
+  argument points at its offset. The bytes of the allocation outside every argument's view are poisoned too: a
+  read there shows as NaN, and a write there (or into a guard zone) fails the launch.
+- sm_90's launch limits are checked (block and grid sizes, 48 KB of static shared memory, dynamic shared memory
+  beyond 48 KB only after `kernel.max_dynamic_shared_size_bytes = n`, up to 227 KB), as cuLaunchKernel would.
 - A cooperative launch (`RawModule(..., enable_cooperative_groups=True)`, as in CuPy) runs every block of the
   grid at once, and `cooperative_groups::this_grid().sync()` is a barrier across all of them; a grid larger
   than the co-resident limit is refused, as the GPU refuses it.
@@ -74,7 +75,6 @@ def need_tool(name):
 EMULATOR = r"""
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <condition_variable>
 #include <cstddef>
@@ -98,11 +98,34 @@ constexpr long long DEFAULT_SHARED_LIMIT = @DEFAULT_SHARED_LIMIT@;
 constexpr long long OPTIN_SHARED_LIMIT = @OPTIN_SHARED_LIMIT@;
 constexpr int POISON = @POISON_BYTE@;
 
+// A barrier of its own lock and condition: std::barrier waits through a table of locks shared by every barrier of
+// the process, which would order the threads of different blocks for ThreadSanitizer and hide their races.
+class Barrier {
+  public:
+    explicit Barrier(long long n) : count_(n) {}
+    void arrive_and_wait() {
+        std::unique_lock<std::mutex> lock(m_);
+        const long long phase = phase_;
+        if (++waiting_ >= count_) release();
+        else cv_.wait(lock, [&] { return phase_ != phase; });
+    }
+    void arrive_and_drop() {   // leave for good: the current and later phases wait for one thread fewer
+        std::unique_lock<std::mutex> lock(m_);
+        if (--count_ > 0 && waiting_ >= count_) release();
+    }
+
+  private:
+    void release() { waiting_ = 0; ++phase_; cv_.notify_all(); }
+    std::mutex m_;
+    std::condition_variable cv_;
+    long long count_, waiting_ = 0, phase_ = 0;
+};
+
 using Bytes = std::unique_ptr<std::max_align_t[]>;
 inline Bytes bytes(long long n) { return Bytes(new std::max_align_t[(n + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t) + 1]); }
 
 struct Block {                                        // one live block: its barrier and its shared memory
-    std::barrier<> bar;
+    Barrier bar;
     std::mutex m;
     long long id = -1;                                // the linear block id it runs now; -1: none left
     std::vector<std::pair<int, unsigned char*>> sites;   // the static __shared__ declarations met in this block
@@ -115,7 +138,7 @@ struct Block {                                        // one live block: its bar
 
 struct Launch {
     bool cooperative = false;
-    std::barrier<>* grid = nullptr;
+    Barrier* grid = nullptr;
     std::atomic<long long> static_bytes{0};
     std::atomic<int> grid_sync_outside{0};
 };
@@ -137,8 +160,8 @@ inline void* shared_static(int site, long long size, long long align) {
         p = reinterpret_cast<unsigned char*>(b.spill.back().get());
     }
     b.used = off + size;
-    long long seen = now->static_bytes.load();
-    while (seen < b.used && !now->static_bytes.compare_exchange_weak(seen, b.used)) {}
+    long long seen = now->static_bytes.load(std::memory_order_relaxed);   // relaxed: no ordering between blocks
+    while (seen < b.used && !now->static_bytes.compare_exchange_weak(seen, b.used, std::memory_order_relaxed)) {}
     std::memset(p, POISON, size);
     b.sites.emplace_back(site, p);
     return p;
@@ -147,46 +170,60 @@ inline void* shared_static(int site, long long size, long long align) {
 inline void* shared_dynamic() { return block->dynamic.get(); }
 
 inline void grid_sync() {
-    if (!now->cooperative) { now->grid_sync_outside = 1; return; }   // the launch fails (code 3003)
+    if (!now->cooperative) {   // the launch fails (code 3003)
+        now->grid_sync_outside.store(1, std::memory_order_relaxed);
+        return;
+    }
     now->grid->arrive_and_wait();
 }
 
 // The OS threads that play CUDA threads, kept between launches (creating hundreds of threads per launch would cost
 // more than most kernels): run(n, f) calls f(0) .. f(n - 1) on n of them at once and returns when all are done.
+// Each worker waits on a lock of its own, so nothing orders one worker's task after another's (ThreadSanitizer).
 class Workers {
   public:
     void run(int n, const std::function<void(int)>& f) {
-        std::unique_lock<std::mutex> lock(m_);
-        while ((int)count_ < n) { std::thread(&Workers::loop, this, (int)count_).detach(); ++count_; }
+        std::lock_guard<std::mutex> one_launch_at_a_time(run_);
+        while ((int)workers_.size() < n) {
+            workers_.push_back(std::make_unique<Worker>());
+            std::thread(&Workers::loop, this, workers_.back().get(), (int)workers_.size() - 1).detach();
+        }
         task_ = &f;
-        active_ = remaining_ = n;
-        ++generation_;
-        wake_.notify_all();
-        done_.wait(lock, [&] { return remaining_ == 0; });
-        task_ = nullptr;
+        remaining_.store(n, std::memory_order_relaxed);
+        for (int i = 0; i < n; ++i) {
+            std::lock_guard<std::mutex> lock(workers_[i]->m);
+            ++workers_[i]->generation;
+            workers_[i]->wake.notify_one();
+        }
+        std::unique_lock<std::mutex> lock(done_m_);
+        done_.wait(lock, [&] { return remaining_.load(std::memory_order_acquire) == 0; });
     }
 
   private:
-    void loop(int i) {
-        long long seen = 0;
-        std::unique_lock<std::mutex> lock(m_);
-        for (;;) {
-            wake_.wait(lock, [&] { return generation_ != seen; });
-            seen = generation_;
-            if (i >= active_) continue;
-            const std::function<void(int)>* f = task_;
-            lock.unlock();
-            (*f)(i);
-            lock.lock();
-            if (--remaining_ == 0) done_.notify_all();
+    struct Worker {
+        std::mutex m;
+        std::condition_variable wake;
+        long long generation = 0;
+    };
+    void loop(Worker* w, int i) {
+        for (long long seen = 0;;) {
+            {
+                std::unique_lock<std::mutex> lock(w->m);
+                w->wake.wait(lock, [&] { return w->generation != seen; });
+                seen = w->generation;
+            }
+            (*task_)(i);
+            if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                std::lock_guard<std::mutex> lock(done_m_);
+                done_.notify_all();
+            }
         }
     }
-    std::mutex m_;
-    std::condition_variable wake_, done_;
+    std::mutex run_, done_m_;
+    std::condition_variable done_;
+    std::vector<std::unique_ptr<Worker>> workers_;
     const std::function<void(int)>* task_ = nullptr;
-    long long generation_ = 0;
-    int active_ = 0, remaining_ = 0;
-    long long count_ = 0;
+    std::atomic<int> remaining_{0};
 };
 inline Workers& workers() { static Workers* w = new Workers; return *w; }   // never destroyed: its threads never end
 }  // namespace emu
@@ -253,7 +290,7 @@ static int launch(void (*k)(Args...), const long long* cfg, const long long* ord
     const long long live = coop ? nblocks : std::max(1LL, std::min(nblocks, cfg[7]));
     emu::Launch L;
     L.cooperative = coop;
-    std::barrier<> grid(coop ? live * threads : 1);
+    emu::Barrier grid(coop ? live * threads : 1);
     L.grid = &grid;
     emu::now = &L;
     std::vector<std::unique_ptr<emu::Block>> blocks;
@@ -267,7 +304,9 @@ static int launch(void (*k)(Args...), const long long* cfg, const long long* ord
         threadIdx = {t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
         for (int round = 0;; ++round) {
             if (t == 0) {   // the block's first thread takes the next block id and resets its shared memory
-                const long long i = coop ? (round == 0 ? s : nblocks) : next.fetch_add(1);
+                // each live block starts with one of the first `live` blocks of the order, then takes the next one
+                // free (relaxed: handing out block ids orders nothing between blocks, so ThreadSanitizer sees races)
+                const long long i = round == 0 ? s : coop ? nblocks : live + next.fetch_add(1, std::memory_order_relaxed);
                 b.id = i < nblocks ? order[i] : -1;
                 b.sites.clear();
                 b.spill.clear();
@@ -285,7 +324,7 @@ static int launch(void (*k)(Args...), const long long* cfg, const long long* ord
         }
     });
     emu::now = nullptr;
-    const long long st = L.static_bytes.load();
+    const long long st = L.static_bytes.load(std::memory_order_relaxed);   // the pool's lock ordered every write
     report[0] = st;
     if (L.grid_sync_outside) return 3003;                                    // grid.sync() in a normal launch
     if (st > emu::STATIC_SHARED_LIMIT) return 3001;                          // static shared memory over 48 KB
@@ -405,9 +444,11 @@ def compile_emulator(d, source, name_expressions):
     (d / "emulator.cpp").write_text(cpp)
     (d / "cooperative_groups.h").write_text("#pragma once  // the emulator's shim defines cooperative_groups\n")
     flags = ["-O1", "-std=c++20", "-pthread", "-shared", "-fPIC", "-w"]
+    key = hashlib.sha256("\0".join([gxx, *flags, cpp, spliced]).encode()).hexdigest()[:32]
+    if key in _built and _built[key].is_file():                     # built already in this process
+        return _built[key]
     cache = os.environ.get("NPYLSTM_EMU_CACHE")
     if cache:
-        key = hashlib.sha256("\0".join([gxx, *flags, cpp, spliced]).encode()).hexdigest()[:32]
         cached = Path(cache) / f"emulator-{key}.so"
         if cached.is_file():
             return cached
@@ -415,12 +456,16 @@ def compile_emulator(d, source, name_expressions):
     r = subprocess.run([gxx, *flags, "-I", str(d), "-o", str(so), str(d / "emulator.cpp")],
                        capture_output=True, text=True, cwd=d)
     assert r.returncode == 0, f"g++ failed on the kernel source:\n{r.stderr[-6000:]}"
+    _built[key] = so
     if cache:
         Path(cache).mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         shutil.copyfile(so, tmp)
         os.replace(tmp, cached)
     return so
+
+
+_built = {}  # build key -> library path, for this process
 
 
 def build_emulator(d, kernel_file=None, name_expressions=(), source=None, seed=None):
@@ -625,7 +670,7 @@ class EmulatedKernel:
             raise LaunchRefused(f"{name}: launch refused (code {rc}): " + _RC[rc].format(
                 st=report[0], lim=STATIC_SHARED_LIMIT, dyn=shared_mem, optin=self._max_dynamic, optlim=OPTIN_SHARED_LIMIT))
         for alloc in allocations:
-            alloc.check(name)
+            alloc.check(f"{name} (launch {emu.launches - 1} of seed {emu.seed}: its block order is in Emulator.log)")
         for alloc in allocations:
             alloc.copy_back()
         self.launches += 1
@@ -687,8 +732,9 @@ def launch_on_cpu(monkeypatch, emulator, module):
     made = {}
     cupy = cupy_on_cpu([emulator], made)
     monkeypatch.setattr(gpu, "require_cuda", lambda where="": cupy)
-    if hasattr(module, "_modules"):
-        monkeypatch.setattr(module, "_modules", {})
+    for cache in ("_modules", "_functions"):                      # the backend's compiled modules and kernels
+        if isinstance(getattr(module, cache, None), dict):
+            monkeypatch.setattr(module, cache, {})
     if hasattr(module.get_function, "cache_clear"):
         module.get_function.cache_clear()
     monkeypatch.setattr(gpu, "POISON", True)

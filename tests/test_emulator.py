@@ -99,7 +99,7 @@ __device__ void grid_sum_body(const T* x, T* partial, T* out) {
     cg::thread_block block = cg::this_thread_block();
     __shared__ T s[64];
     volatile int spin = 0;
-    for (int i = 0; i < 20000 * (int)blockIdx.x; ++i) spin = spin + 1;
+    for (int i = 0; i < 100000 * (int)blockIdx.x; ++i) spin = spin + 1;
     s[threadIdx.x] = x[blockIdx.x * blockDim.x + threadIdx.x];
     block.sync();
     if (threadIdx.x == 0) {
@@ -451,5 +451,5 @@ int main() {
 
 
 def test_thread_sanitizer_sees_a_race_between_blocks(tmp_path):
-    r = thread_sanitizer_run(tmp_path, None, NAMES, RACY_DRIVER, source=PLANTED)
+    r = thread_sanitizer_run(tmp_path, None, ["planted::racy_blocks<double>"], RACY_DRIVER, source=PLANTED)
     assert "ThreadSanitizer: data race" in r.stderr and "racy_blocks" in r.stderr, (r.returncode, r.stderr[-2000:])

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator import RACE_HELPERS, build_emulator, launch_on_cpu, need_tool, run_under_thread_sanitizer
+from emulator import RACE_HELPERS, build_emulator, run_under_thread_sanitizer
+from emulator import launch_on_cpu as _launch_on_cpu
+from emulator import need_tool as _need_tool
 from npylstm.cell import GATES, step_backward, step_forward
 from npylstm.gpu import kernel_dir
 
@@ -75,7 +77,7 @@ int num_gates() { return NUM_GATES; }
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    gxx = need_tool("g++")
+    gxx = _need_tool("g++")
     d = tmp_path_factory.mktemp("gates_cpu")
     src, so = d / "gates_cpu.cpp", d / "gates_cpu.so"
     src.write_text(WRAPPERS)
@@ -193,7 +195,7 @@ def emulator(tmp_path_factory):
 def kernels_on_cpu(emulator, monkeypatch):
     """npylstm.gpu with its launches running the real kernels on the CPU (NumPy arrays stand for CuPy's)."""
     from npylstm import gpu
-    return launch_on_cpu(monkeypatch, emulator, gpu)
+    return _launch_on_cpu(monkeypatch, emulator, gpu)
 
 
 EMU_N = st.sampled_from([1, 2, 7, 8, 9, 17])            # 1, primes, the tile height TN = 8 and past it
@@ -363,7 +365,7 @@ extern "C" int gru_num_gates() { return GRU_NUM_GATES; }
 
 @pytest.fixture(scope="module")
 def gru_lib(tmp_path_factory):
-    gxx = need_tool("g++")
+    gxx = _need_tool("g++")
     d = tmp_path_factory.mktemp("gru_gates_cpu")
     src, so = d / "gru_gates_cpu.cpp", d / "gru_gates_cpu.so"
     src.write_text(GRU_WRAPPERS)
@@ -467,7 +469,7 @@ def gru_emulator(tmp_path_factory):
 def gru_kernels_on_cpu(gru_emulator, monkeypatch):
     """npylstm.gru_gpu with its launches running the real GRU kernels on the CPU (NumPy arrays for CuPy's)."""
     from npylstm import gru_gpu
-    return launch_on_cpu(monkeypatch, gru_emulator, gru_gpu)
+    return _launch_on_cpu(monkeypatch, gru_emulator, gru_gpu)
 
 
 def _gru_weights(rng, dtype, D, H):
