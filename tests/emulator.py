@@ -699,39 +699,47 @@ class _CupyOnCPU(types.ModuleType):
         return getattr(np, name)
 
 
-def cupy_on_cpu(emulators, made=None):
+def cupy_on_cpu(emulators=()):
     """A cupy stand-in whose RawModule(code=..., name_expressions=..., enable_cooperative_groups=...) is the built
-    Emulator of that source, so the loader's real module code (and a cooperative flag it passes) runs unchanged."""
-    made = {} if made is None else made
-    by_source = {e.source: e for e in emulators}
+    Emulator of that source, so the loader's real module code (and a cooperative flag it passes) runs unchanged.
+    cupy.add_emulator(e) registers one more and returns the dict of the kernels made from it, by full name."""
+    built = {}   # source -> (emulator, kernels made from it)
+
+    def add_emulator(emulator):
+        return built.setdefault(emulator.source, (emulator, {}))[1]
 
     def RawModule(code=None, *, options=(), name_expressions=(), enable_cooperative_groups=False, **_):
-        if code not in by_source:
+        if code not in built:
             raise LaunchRefused("cupy_on_cpu.RawModule: no emulator was built for this source")
-        emu = by_source[code]
+        emu, made = built[code]
         missing = set(name_expressions) - set(emu.names)
         if missing:
             raise LaunchRefused(f"cupy_on_cpu.RawModule: {sorted(missing)} not built into the emulator")
         return EmulatedModule(emu, enable_cooperative_groups, made)
 
     cupy = _CupyOnCPU("cupy_on_cpu")
-    cupy.RawModule = RawModule
-    cupy.ndarray = np.ndarray
+    cupy.add_emulator, cupy.RawModule, cupy.ndarray = add_emulator, RawModule, np.ndarray
     cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceCount=lambda: 1))
     cupy.get_array_module = lambda *a: np
     cupy.asnumpy = np.asarray
     cupy.is_available = lambda: True
+    for e in emulators:
+        add_emulator(e)
     return cupy
 
 
 def launch_on_cpu(monkeypatch, emulator, module):
     """Make `module`'s launches (npylstm.gpu or gru_gpu) run the real kernels on the CPU through `emulator`:
-    require_cuda returns cupy_on_cpu, the module cache starts empty, outputs start poisoned (gpu.POISON).
-    Returns the kernels made, by full name."""
+    require_cuda returns a cupy_on_cpu (one for all the modules of a test), the module's caches start empty,
+    outputs start poisoned (gpu.POISON). Returns the kernels made from `emulator`, by full name."""
     from npylstm import gpu
-    made = {}
-    cupy = cupy_on_cpu([emulator], made)
-    monkeypatch.setattr(gpu, "require_cuda", lambda where="": cupy)
+    cupy = getattr(gpu.require_cuda, "cupy_on_cpu", None)
+    if cupy is None:
+        cupy = cupy_on_cpu()
+        require = lambda where="": cupy   # noqa: E731
+        require.cupy_on_cpu = cupy
+        monkeypatch.setattr(gpu, "require_cuda", require)
+    made = cupy.add_emulator(emulator)
     for cache in ("_modules", "_functions"):                      # the backend's compiled modules and kernels
         if isinstance(getattr(module, cache, None), dict):
             monkeypatch.setattr(module, cache, {})

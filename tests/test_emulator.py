@@ -6,11 +6,13 @@ kernel missing its grid.sync(), a race between blocks for ThreadSanitizer. The p
 kernels written here (PLANTED); the real kernels are npylstm's, launched by npylstm/gpu.py's launch code.
 """
 
+import re
+
 import numpy as np
 import pytest
 
-from emulator import (CO_RESIDENT_BLOCKS, OPTIN_SHARED_LIMIT, RACE_HELPERS, LaunchRefused, build_emulator,
-                      cupy_on_cpu, launch_on_cpu, rewrite_shared, thread_sanitizer_run)
+from emulator import (CO_RESIDENT_BLOCKS, OPTIN_SHARED_LIMIT, RACE_HELPERS, EmulatedKernel, LaunchRefused,
+                      build_emulator, cupy_on_cpu, launch_on_cpu, rewrite_shared, thread_sanitizer_run)
 
 PLANTED = r"""
 #include <cooperative_groups.h>
@@ -279,39 +281,41 @@ def lstm_on_cpu(lstm, monkeypatch):
     lstm.seed, lstm.live_blocks = saved
 
 
-def _backward_case(seed, N, H, dtype=np.float64):
-    from npylstm import cell
-    rng = np.random.default_rng(seed)
-    x, h, c = rng.normal(size=(N, 3)), rng.uniform(-1, 1, (N, H)), rng.normal(size=(N, H))
-    W_x, W_h, b = rng.normal(0, 0.3, (3, 4 * H)), rng.normal(0, 0.3, (H, 4 * H)), rng.normal(size=4 * H)
-    _, _, cache = cell.step_forward(x, h, c, W_x, W_h, b)
-    gates = np.concatenate([cache.I, cache.F, cache.C_tilde, cache.O], axis=1)
-    dH, dC = rng.normal(size=(N, H)), rng.normal(size=(N, H))
-    dA, dh_prev, dc_prev, *_ = cell.step_backward(dH, dC, cache)
-    return dict(dH=dH, dC=dC, gates=gates, tanh_C=cache.tanh_C, C_prev=c, W_h=W_h), dh_prev, dc_prev
-
-
-@pytest.mark.parametrize("kernel_version", [1, 2])
-def test_c_real_kernels_version_2_backward_with_dH_prev_aliasing_dH_is_wrong(lstm_on_cpu, lstm, kernel_version):
-    """lstm_backward_kernel2 reads all of dH in every column tile while other tiles write dH_prev: aliased, some
-    block reads what another already overwrote. Version 1 reads dH before cuBLAS writes dH_prev, so it is fine."""
+def kernel_parameters(kernel_file, kernel):
+    """The parameter names of `kernel` in kernels/`kernel_file`, in order."""
     from npylstm import gpu
-    N, H = 9, 40                                                   # two column tiles of TJ = 32
-    a, dh_prev_ref, dc_prev_ref = _backward_case(3, N, H)
-    dA, dC_prev = np.full((N, 4 * H), np.nan), np.full((N, H), np.nan)
+    m = re.search(rf"\b{kernel}\s*\(([^)]*)\)", (gpu.kernel_dir() / kernel_file).read_text())
+    return [re.findall(r"\w+", p)[-1] for p in m.group(1).split(",")]
+
+
+def test_c_real_kernels_version_2_backward_with_dH_prev_aliasing_dH_is_wrong(lstm_on_cpu, lstm, monkeypatch):
+    """lstm_backward_kernel2 reads all of dH in every column tile while other tiles write dH_prev: launched with
+    dH_prev = dH (the launch code's ping-pong undone), some block reads what another already overwrote."""
+    from npylstm import gpu
+    from npylstm import sequence as numpy_backend
+    names = kernel_parameters(gpu.KERNEL_FILE, "lstm_backward_kernel2")
+    i_dH, i_dH_prev = names.index("dH"), names.index("dH_prev")
+    launch = EmulatedKernel.__call__
+
+    def aliased(self, grid, block, args, **kw):
+        if self.name.startswith("npylstm::lstm_backward_kernel2<"):
+            args = list(args)
+            args[i_dH_prev] = args[i_dH]
+        return launch(self, grid, block, args, **kw)
+
+    rng = np.random.default_rng(3)
+    T, N, D, H = 2, 9, 3, 40                                       # two column tiles of TJ = 32
+    args = [rng.normal(size=(T, N, D)), rng.uniform(-1, 1, (N, H)), rng.normal(size=(N, H)),
+            rng.normal(0, 0.3, (D, 4 * H)), rng.normal(0, 0.3, (H, 4 * H)), rng.normal(size=4 * H)]
+    dY, dh, dc = rng.normal(size=(T, N, H)), rng.normal(size=(N, H)), rng.normal(size=(N, H))
+    want = numpy_backend.sequence_backward(dY, dh, dc, numpy_backend.sequence_forward(*args)[3])[1]
     lstm.live_blocks = 1                                           # any block order: one tile writes before the other reads
-    separate = np.full((N, H), np.nan)
-    gpu.launch_backward(kernel_version, a["dH"].copy(), None, a["dC"], a["gates"], a["tanh_C"], a["C_prev"], a["W_h"],
-                        None, dA, dC_prev, separate, None)
-    np.testing.assert_allclose(separate, dh_prev_ref, rtol=1e-12, atol=1e-12)
-    aliased = a["dH"].copy()
-    gpu.launch_backward(kernel_version, aliased, None, a["dC"], a["gates"], a["tanh_C"], a["C_prev"], a["W_h"],
-                        None, dA, dC_prev, aliased, None)
-    err = np.abs(aliased - dh_prev_ref).max()
-    if kernel_version == 2:
-        assert err > 1e-3, f"aliased dH_prev = dH gave the right result (max error {err:.2e})"
-    else:
-        assert err < 1e-12, err
+    cache = gpu.sequence_forward(*args, kernel=2)[3]
+    np.testing.assert_allclose(gpu.sequence_backward(dY, dh, dc, cache)[1], want, rtol=1e-10, atol=1e-10)
+    monkeypatch.setattr(EmulatedKernel, "__call__", aliased)
+    got = gpu.sequence_backward(dY, dh, dc, cache)[1]
+    err = np.abs(got - want).max()
+    assert not err <= 1e-3, f"dH_prev aliasing dH gave the right dh0 (max error {err:.2e})"   # NaN is wrong too
 
 
 def test_real_kernels_give_the_same_bits_in_any_block_order(lstm_on_cpu, lstm):
