@@ -18,9 +18,10 @@ gridDim, integer literals): a change there moves an access out of bounds, which 
 by construction, and tells nothing about the arithmetic.
 
 Each mutant is written into a private copy of the repository (the working tree is never changed) and a fixed,
-derandomized subset of the CPU tests runs against it (CI=true: Hypothesis's derandomized profile; `-x`; the
-kernel-arithmetic tests of tests/test_kernels_cpu.py and the real-kernel tests of tests/test_emulator.py, only
-those of the backend(s) whose source includes the file; ThreadSanitizer runs left out): killed when a test fails
+derandomized subset of the CPU tests runs against it (CI=true and Hypothesis's derandomized `ci` profile, without
+shrinking; `-x`; the kernel-arithmetic tests of tests/test_kernels_cpu.py and the real-kernel tests of
+tests/test_emulator.py, only those of the backend(s) whose source includes the file, and for a .cu file not the
+header tests, which do not compile it; ThreadSanitizer runs left out): killed when a test fails
 (or the run crashes or times out), survived when all pass. A survivor whose emulator builds are byte for byte the
 unmutated ones is `not compiled`: no test compiles the changed code (an uninstantiated template, say). g++ builds
 are cached by content (NPYLSTM_EMU_CACHE), so a mutant rebuilds only the emulator its file is in. A kernel file
@@ -55,6 +56,13 @@ TEST_FILES = ("tests/test_kernels_cpu.py", "tests/test_emulator.py")
 # the kernel-arithmetic tests: not ThreadSanitizer (it looks for races, not values), and of test_emulator.py only
 # the tests that run npylstm's real kernels (the planted kernels live in the test file, not in kernels/)
 TEST_FILTER = "not thread_sanitizer and (not test_emulator or real_kernels)"
+HEADER_TESTS = "header or gate_order"   # the tests that compile a .cuh alone (g++ over a few loops), not the kernels
+# Hypothesis as in CI (derandomized), without shrinking: a mutant is killed by its first failing example, and
+# shrinking it would rerun the emulator dozens of times for nothing
+PLUGIN = """from hypothesis import Phase, settings
+settings.register_profile("npylstm-mutate", parent=settings.get_profile("ci"), deadline=None, derandomize=True,
+                          database=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+"""
 TIMEOUT = 300  # seconds per mutant: a killed mutant takes 10-40 s on a loaded 2-core machine, a surviving one more
 
 ARITH = {" * ": " / ", " / ": " * ", " + ": " - ", " - ": " + ", " += ": " -= ", " -= ": " += ", " *= ": " /= ",
@@ -320,14 +328,18 @@ def families(root):
         sys.path.remove(str(root))
 
 
-def test_command(root, mutant_families, all_families, tests):
-    """pytest's argv for a mutant whose file is in `mutant_families` (or `tests`, when given)."""
+def test_command(file, mutant_families, all_families, tests):
+    """pytest's argv for a mutant of kernels/`file`, which is in `mutant_families` (or `tests`, when given): the
+    tests of those backends; for a .cu file not the header tests, which do not compile it."""
+    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "mutate_hypothesis"]
     if tests:
-        return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests.split()]
+        return pytest + tests.split()
     keyword = TEST_FILTER
     if len(mutant_families) < len(all_families):
-        keyword = f"({' or '.join(f.keyword for f in mutant_families)}) and {TEST_FILTER}"
-    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TEST_FILES, "-k", keyword]
+        keyword = f"({' or '.join(f.keyword for f in mutant_families)}) and {keyword}"
+    if file.endswith(".cu"):
+        keyword = f"not ({HEADER_TESTS}) and {keyword}"
+    return pytest + [*TEST_FILES, "-k", keyword]
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -370,8 +382,8 @@ def run_one(mutant, copy, original, fams, baseline, emulator, tests, timeout, en
     try:
         mine = [f for f in fams if mutant.file in f.files]
         try:
-            r = subprocess.run(test_command(copy, mine, fams, tests), cwd=copy, env=env, capture_output=True, text=True,
-                               timeout=timeout)
+            r = subprocess.run(test_command(mutant.file, mine, fams, tests), cwd=copy, env=env, capture_output=True,
+                               text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return "killed", time.monotonic() - start, f"timeout after {timeout} s"
         tail = (r.stdout.strip().splitlines() or [""])[-1][:160]
@@ -398,6 +410,8 @@ def run_all(root, todo, jobs, timeout, tests, report):
         tmp = Path(tmp)
         os.environ["NPYLSTM_EMU_CACHE"] = str(tmp / "cache")        # the script's own builds and the tests' share it
         try:
+            (tmp / "plugin").mkdir()
+            (tmp / "plugin" / "mutate_hypothesis.py").write_text(PLUGIN)
             copies = [private_copy(root, tmp / f"copy{k}") for k in range(jobs)]
             for c in copies:
                 (c / ".build").mkdir()
@@ -410,7 +424,8 @@ def run_all(root, todo, jobs, timeout, tests, report):
             def work(m):
                 copy = free.pop()
                 try:
-                    env = {**os.environ, "CI": "true", "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+                    env = {**os.environ, "CI": "true", "PYTHONPATH": f"{copy}{os.pathsep}{tmp / 'plugin'}",
+                           "HYPOTHESIS_PROFILE": "npylstm-mutate", "PYTHONDONTWRITEBYTECODE": "1"}
                     return m, run_one(m, copy, original, fams, baseline, emulator, tests, timeout, env)
                 finally:
                     free.append(copy)

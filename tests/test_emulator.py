@@ -358,7 +358,7 @@ def test_d_launches_over_sm90_limits_are_refused(cupy, grid, block, what):
 
 def test_d_limits_at_the_edge_run(cupy):
     out = np.zeros(1)
-    kernel(cupy, "noop")((1, 2), (1024,), (out,))
+    kernel(cupy, "noop")((1,), (1024,), (out,))
     kernel(cupy, "noop")((1,), (16, 1, 64), (out,))
     assert out[0] == 1
 
