@@ -1,7 +1,7 @@
 """Mutation testing of the CUDA kernels: every single-operator change to their value arithmetic must fail a CPU test.
 
     python3 benchmarks/mutate_kernels.py [--jobs 2] [--files lstm_gates.cuh,gru_kernels.cu] [--limit N]
-                                         [--timeout 300] [--json mutate_kernels.json] [--list]
+                                         [--timeout 300] [--json out/mutate_kernels.json] [--list]
 
 The mutants, one change each, in the code of kernels/*.cuh and kernels/*.cu (comments and preprocessor lines
 are never touched):
@@ -482,7 +482,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="only the first N mutants")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="mutants at once (default 2)")
     p.add_argument("--timeout", type=int, default=TIMEOUT, help=f"seconds per mutant (default {TIMEOUT})")
-    p.add_argument("--json", default="mutate_kernels.json", help="where to write the results (default mutate_kernels.json)")
+    p.add_argument("--json", default="out/mutate_kernels.json",
+                   help="where to write the results (default out/mutate_kernels.json)")
     p.add_argument("--list", action="store_true", help="list the mutants and stop")
     p.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)   # a fixture repository (tests)
     p.add_argument("--tests", default=None, help=argparse.SUPPRESS)       # pytest arguments instead of the default subset
@@ -533,6 +534,7 @@ def main(argv=None):
                        for m, r in results.items()]}
     sys.path.insert(0, str(ROOT))
     from npylstm.files import atomic_write
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, lambda f: f.write(json.dumps(doc, indent=1).encode()))
     print(f"wrote {args.json}")
     return 0 if counts["error"] == 0 else 1

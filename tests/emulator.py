@@ -335,6 +335,13 @@ static int launch(void (*k)(Args...), const long long* cfg, const long long* ord
 
 #define KERNEL(...) if (std::strcmp(want, #__VA_ARGS__) == 0) \
     return launch(&__VA_ARGS__, cfg, order, params, kinds, nparams, report);
+// a kernel declared with __launch_bounds__(max threads, ...): a bigger block is refused, as the GPU refuses it
+#define BOUNDED_KERNEL(space, bound, ...) if (std::strcmp(want, #__VA_ARGS__) == 0) {                 \
+    using namespace space;                                                                              \
+    report[1] = (long long)(bound);                                                                     \
+    if (cfg[3] * cfg[4] * cfg[5] > report[1]) return 3005;                                              \
+    return launch(&__VA_ARGS__, cfg, order, params, kinds, nparams, report);                            \
+}
 
 extern "C" int emulate(const char* want, const long long* cfg, const long long* order, void** params,
                        const char* kinds, int nparams, long long* report) {
@@ -344,9 +351,21 @@ extern "C" int emulate(const char* want, const long long* cfg, const long long* 
 """
 
 
-def emulator_source(name_expressions):
-    """EMULATOR dispatching to every kernel of `name_expressions` (C++ names such as 'npylstm::name<float>')."""
-    text = EMULATOR.replace("@KERNELS@", "\n".join(f"    KERNEL({e})" for e in name_expressions))
+_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\s*\(([^,()]+)[^()]*\)\s*(\w+)\s*\(")
+
+
+def emulator_source(name_expressions, source=""):
+    """EMULATOR dispatching to every kernel of `name_expressions` (C++ names such as 'npylstm::name<float>'); a
+    kernel whose declaration in `source` has __launch_bounds__(n, ...) refuses blocks of more than n threads."""
+    bounds = {m.group(2): m.group(1).strip() for m in _LAUNCH_BOUNDS.finditer(source)}
+
+    def dispatch(e):
+        m = re.match(r"(.*)::(\w+)<", e)
+        if m and m.group(2) in bounds:
+            return f"    BOUNDED_KERNEL({m.group(1)}, {bounds[m.group(2)]}, {e})"
+        return f"    KERNEL({e})"
+
+    text = EMULATOR.replace("@KERNELS@", "\n".join(dispatch(e) for e in name_expressions))
     for key in ("STATIC_SHARED_LIMIT", "DEFAULT_SHARED_LIMIT", "OPTIN_SHARED_LIMIT", "POISON_BYTE"):
         text = text.replace(f"@{key}@", str(globals()[key]))
     return text
@@ -439,7 +458,7 @@ def compile_emulator(d, source, name_expressions):
     """
     gxx = need_tool("g++")
     d = Path(d)
-    cpp, spliced = emulator_source(name_expressions), rewrite_shared(source)
+    cpp, spliced = emulator_source(name_expressions, source), rewrite_shared(source)
     (d / "spliced.cu").write_text(spliced)
     (d / "emulator.cpp").write_text(cpp)
     (d / "cooperative_groups.h").write_text("#pragma once  // the emulator's shim defines cooperative_groups\n")
@@ -487,7 +506,8 @@ _RC = {3001: "static shared memory is {st} bytes per block, over sm_90's {lim} (
              "set kernel.max_dynamic_shared_size_bytes first",
        3003: "cooperative_groups grid sync in a launch that is not cooperative "
              "(RawModule(..., enable_cooperative_groups=True))",
-       3004: "static ({st} B) + max_dynamic_shared_size_bytes ({optin} B) is over sm_90's {optlim} bytes per block"}
+       3004: "static ({st} B) + max_dynamic_shared_size_bytes ({optin} B) is over sm_90's {optlim} bytes per block",
+       3005: "block {block} is {threads} threads, over the kernel's __launch_bounds__ ({bound})"}
 _CTYPES = {"i": ctypes.c_int32, "l": ctypes.c_int64, "f": ctypes.c_float, "d": ctypes.c_double}
 _KINDS = {np.int32: "i", np.int64: "l", np.uint64: "p", np.float32: "f", np.float64: "d"}
 
@@ -665,10 +685,12 @@ class EmulatedKernel:
         if 1000 <= rc < 3000:
             raise LaunchRefused(f"{name}: launch refused, code {rc} (1000+n: kernel takes n arguments; 2000+i: kind of "
                                 f"argument i)")
-        self.shared_size_bytes = int(report[0])
+        if rc != 3005:
+            self.shared_size_bytes = int(report[0])
         if rc:
             raise LaunchRefused(f"{name}: launch refused (code {rc}): " + _RC[rc].format(
-                st=report[0], lim=STATIC_SHARED_LIMIT, dyn=shared_mem, optin=self._max_dynamic, optlim=OPTIN_SHARED_LIMIT))
+                st=report[0], lim=STATIC_SHARED_LIMIT, dyn=shared_mem, optin=self._max_dynamic, optlim=OPTIN_SHARED_LIMIT,
+                block=block, threads=threads, bound=report[1]))
         for alloc in allocations:
             alloc.check(f"{name} (launch {emu.launches - 1} of seed {emu.seed}: its block order is in Emulator.log)")
         for alloc in allocations:
@@ -792,7 +814,7 @@ def thread_sanitizer_run(tmp_path, kernel_file, name_expressions, driver, source
     gxx = need_tool("g++")
     source = gpu.load_source(kernel_file) if source is None else source
     (tmp_path / "spliced.cu").write_text(rewrite_shared(source))
-    (tmp_path / "emulator.cpp").write_text(emulator_source(name_expressions))
+    (tmp_path / "emulator.cpp").write_text(emulator_source(name_expressions, source))
     (tmp_path / "cooperative_groups.h").write_text("#pragma once\n")
     (tmp_path / "race.cpp").write_text(driver)
     exe = tmp_path / "race"

@@ -80,6 +80,11 @@ __global__ void writes_past_view(const T* a, T* b, int n) {
 }
 
 template <typename T>
+__global__ void __launch_bounds__(64) bounded(T* out) {
+    out[threadIdx.x] = T(1);
+}
+
+template <typename T>
 __global__ void noop(T* out) {
     if (threadIdx.x == 0 && blockIdx.x == 0) out[0] = T(1);
 }
@@ -130,7 +135,7 @@ __global__ void racy_blocks(T* out) {
 }  // namespace planted
 """
 KERNELS = ("chain", "read_before_write", "dynamic_read_before_write", "leftover", "private_shared", "add_one",
-           "reads_before_view", "writes_past_view", "noop", "big_static", "grid_sum", "grid_sum_unsynced", "racy_blocks")
+           "reads_before_view", "writes_past_view", "bounded", "noop", "big_static", "grid_sum", "grid_sum_unsynced", "racy_blocks")
 NAMES = tuple(f"planted::{k}<{t}>" for k in KERNELS for t in ("float", "double"))
 
 
@@ -361,6 +366,15 @@ def test_d_limits_at_the_edge_run(cupy):
     kernel(cupy, "noop")((1,), (1024,), (out,))
     kernel(cupy, "noop")((1,), (16, 1, 64), (out,))
     assert out[0] == 1
+
+
+def test_d_blocks_over_the_kernels_launch_bounds_are_refused(cupy):
+    f, out = kernel(cupy, "bounded"), np.zeros(128)
+    f((1,), (64,), (out,))
+    assert (out[:64] == 1).all()
+    with pytest.raises(LaunchRefused, match=r"block \(128, 1, 1\) is 128 threads, over the kernel's __launch_bounds__ \(64\)"):
+        f((1,), (128,), (out,))
+    assert (out[64:] == 0).all()
 
 
 def test_d_dynamic_shared_memory_over_48_kb_needs_the_opt_in(cupy):
