@@ -511,7 +511,7 @@ def main(argv=None):
         return 0
     print(f"{len(todo)} mutants, {args.jobs} at a time")
     print(f"{'file:line:col':28s} {'op':6s} {'change':34s} {'result':13s} {'s':>6s}  detail")
-    started = time.monotonic()
+    started, date = time.monotonic(), datetime.datetime.now().isoformat(timespec="seconds")
 
     def report(m, result):
         status, seconds, detail = result
@@ -524,10 +524,15 @@ def main(argv=None):
     score = counts["killed"] / decided if decided else float("nan")
     print(f"score {counts['killed']}/{decided} = {100 * score:.1f} % killed; " +
           ", ".join(f"{v} {k}" for k, v in counts.items()) + f"; {time.monotonic() - started:.0f} s")
+    print(f"{'file':18s} {'mutants':>7s} {'killed':>7s} {'survived':>8s} {'not compiled':>12s} {'error':>5s}")
+    for file in sorted({m.file for m in results}):
+        mine = [r[0] for m, r in results.items() if m.file == file]
+        print(f"{file:18s} {len(mine):7d} {mine.count('killed'):7d} {mine.count('survived'):8d} "
+              f"{mine.count('not compiled'):12d} {mine.count('error'):5d}")
     for m, (status, _, detail) in results.items():
         if status in ("survived", "error"):
             print(f"{status.upper()}: {m.file}:{m.line}:{m.col} {m.op} {m.label()}  ({detail})")
-    doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+    doc = {"date": date, "machine": machine(),
            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
            "score": score, "counts": counts, "skipped_files": skipped, "seconds": round(time.monotonic() - started, 1),
            "mutants": [{**m._asdict(), "status": r[0], "seconds": round(r[1], 1), "detail": r[2]}
