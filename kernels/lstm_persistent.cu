@@ -122,7 +122,7 @@ lstm_forward_kernel3(const T* __restrict__ Ax, const T* __restrict__ W_h, const 
                                      int steps, int N, int H, int U, int R) {
     constexpr int V = Vec3<T>::LEN;
     const int C = NUM_GATES * U, Kq = (H + V - 1) / V;
-    const int j0 = blockIdx.x * U, Ub = min(U, H - j0);   // this block's units
+    const int j0 = blockIdx.x * U, Ub = H - j0 < U ? H - j0 : U;   // this block's units
     T* Ws = shared_base<T>();
     T* X = Ws + C * Kq * V;
     T* red = X + R * Kq * V;
@@ -179,7 +179,7 @@ lstm_backward_kernel3(const T* __restrict__ dY, const T* __restrict__ W_h, const
                                       int steps, int N, int H, int U, int R) {
     constexpr int V = Vec3<T>::LEN;
     const int K = NUM_GATES * H, Kq = (K + V - 1) / V;
-    const int j0 = blockIdx.x * U, Ub = min(U, H - j0);
+    const int j0 = blockIdx.x * U, Ub = H - j0 < U ? H - j0 : U;
     T* Ws = shared_base<T>();
     T* X = Ws + U * Kq * V;
     T* red = X + R * Kq * V;

@@ -21,12 +21,17 @@ from shared memory more often). A size that does not fit never launches: the cal
 version 1 or 2, or, for kernel=3, raises ValueError with plan.reason.
 """
 
+import glob
 import math
+import os
+import shutil
+from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 VERSION = 3
+KERNEL_VERSIONS = (VERSION,)
 KERNEL_FILE = "lstm_persistent.cu"
 KERNEL_NAMES = ("lstm_forward_kernel", "lstm_backward_kernel")   # + "3"
 TYPE_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -171,15 +176,43 @@ def _cupy():
     return gpu.require_cuda("npylstm.persistent")
 
 
+def cooperative_include():
+    """("-I<dir>",) for a CUDA include directory holding cooperative_groups.h, or () if none is found.
+
+    NVRTC has no built-in copy of it; CuPy adds the include directory of the CUDA it finds, which for a
+    pip-installed NVRTC wheel holds only nvrtc.h. Looked for in $CUDA_PATH, $CUDA_HOME, nvcc's toolkit,
+    /usr/local/cuda*, and the nvidia-* wheels."""
+    roots = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(str(Path(nvcc).resolve().parent.parent))
+    roots += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    try:
+        import nvidia
+        roots += [str(p) for base in nvidia.__path__ for p in sorted(Path(base).glob("*"))]
+    except ImportError:
+        pass
+    for root in filter(None, roots):
+        if (Path(root) / "include" / "cooperative_groups.h").is_file():
+            return (f"-I{Path(root) / 'include'}",)
+    return ()
+
+
+def source():
+    """The loader's spliced text of kernels/lstm_persistent.cu (what NVRTC compiles)."""
+    from . import gpu
+    return gpu.load_source(KERNEL_FILE)
+
+
 def get_function(direction, dtype):
     """lstm_{direction}_kernel3<T>, from a module of its own: CuPy launches every kernel of a module made
     with enable_cooperative_groups=True through cuLaunchCooperativeKernel. Compiled once per device."""
     from . import gpu
     cupy = _cupy()
-    options = gpu.COMPILE_OPTIONS
+    options = gpu.COMPILE_OPTIONS + cooperative_include()
     key = (cupy.cuda.runtime.getDevice(), options)
     if key not in _modules:
-        _modules[key] = cupy.RawModule(code=gpu.load_source(KERNEL_FILE), options=options,
+        _modules[key] = cupy.RawModule(code=source(), options=options,
                                        name_expressions=NAME_EXPRESSIONS, enable_cooperative_groups=True)
     name = f"npylstm::lstm_{direction}_kernel{VERSION}<{TYPE_NAMES[np.dtype(dtype)]}>"
     if key + (name,) not in _functions:
