@@ -41,7 +41,8 @@ namespace npylstm {
 
 constexpr int VEC_BYTES3 = 16;  // version 3: bytes of one vector load (the weights' and staged rows' layout)
 constexpr int MAX_ROWS3 = 8;    // version 3: rows of the batch a thread's registers carry through the product
-constexpr int MAX_THREADS3 = 256;  // version 3: threads per block at most (the plan makes C x S of them)
+constexpr int MAX_THREADS3 = 256;  // version 3: threads per block at most (the plan makes C x S of them); one block
+                                   // per SM (launch bounds: without the 1, ptxas spilled backward<float> at 48 registers)
 
 template <typename T>
 struct alignas(VEC_BYTES3) Vec3 {
@@ -116,10 +117,10 @@ __device__ inline T* shared_base() {
 // pass. Block of 4U x S threads, ceil(H / U) blocks, shared memory (4U Kq + R Kq) V + R blockDim.x elements of
 // T with Kq = ceil(H / V).
 template <typename T>
-__global__ void __launch_bounds__(MAX_THREADS3)
+__global__ void __launch_bounds__(MAX_THREADS3, 1)
 lstm_forward_kernel3(const T* __restrict__ Ax, const T* __restrict__ W_h, const T* __restrict__ mask,
-                                     T* Hs, T* Cs, T* __restrict__ gates, T* __restrict__ tanh_C,
-                                     int steps, int N, int H, int U, int R) {
+                     T* Hs, T* Cs, T* __restrict__ gates, T* __restrict__ tanh_C,
+                     int steps, int N, int H, int U, int R) {
     constexpr int V = Vec3<T>::LEN;
     const int C = NUM_GATES * U, Kq = (H + V - 1) / V;
     const int j0 = blockIdx.x * U, Ub = H - j0 < U ? H - j0 : U;   // this block's units
@@ -172,11 +173,11 @@ lstm_forward_kernel3(const T* __restrict__ Ax, const T* __restrict__ W_h, const 
 // dH, dC (N, H): dh_T, dc_T on entry, dh0, dc0 on exit. Block of U x S threads, ceil(H / U) blocks, shared
 // memory (U Kq + R Kq) V + R blockDim.x elements of T with Kq = ceil(4H / V).
 template <typename T>
-__global__ void __launch_bounds__(MAX_THREADS3)
+__global__ void __launch_bounds__(MAX_THREADS3, 1)
 lstm_backward_kernel3(const T* __restrict__ dY, const T* __restrict__ W_h, const T* __restrict__ mask,
-                                      const T* __restrict__ Cs, const T* __restrict__ gates,
-                                      const T* __restrict__ tanh_C, T* dA, T* dH, T* dC,
-                                      int steps, int N, int H, int U, int R) {
+                      const T* __restrict__ Cs, const T* __restrict__ gates,
+                      const T* __restrict__ tanh_C, T* dA, T* dH, T* dC,
+                      int steps, int N, int H, int U, int R) {
     constexpr int V = Vec3<T>::LEN;
     const int K = NUM_GATES * H, Kq = (K + V - 1) / V;
     const int j0 = blockIdx.x * U, Ub = H - j0 < U ? H - j0 : U;

@@ -177,7 +177,8 @@ def _cupy():
 
 
 def cooperative_include():
-    """("-I<dir>",) for a CUDA include directory holding cooperative_groups.h, or () if none is found.
+    """("-I<dir>", ...) for a CUDA include directory holding cooperative_groups.h (and its cccl/ directory,
+    whose cuda/std headers it includes, when the toolkit has one), or () if none is found.
 
     NVRTC has no built-in copy of it; CuPy adds the include directory of the CUDA it finds, which for a
     pip-installed NVRTC wheel holds only nvrtc.h. Looked for in $CUDA_PATH, $CUDA_HOME, nvcc's toolkit,
@@ -193,8 +194,9 @@ def cooperative_include():
     except ImportError:
         pass
     for root in filter(None, roots):
-        if (Path(root) / "include" / "cooperative_groups.h").is_file():
-            return (f"-I{Path(root) / 'include'}",)
+        include = Path(root) / "include"
+        if (include / "cooperative_groups.h").is_file():
+            return (f"-I{include}",) + ((f"-I{include / 'cccl'}",) if (include / "cccl").is_dir() else ())
     return ()
 
 

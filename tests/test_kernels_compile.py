@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from npylstm import gpu, gru_gpu
+from npylstm import gpu, gru_gpu, persistent
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = "sm_90"  # the H100 / H200 this project is timed on
 # every kernel file with its loader module (KERNEL_FILE, NAME_EXPRESSIONS, KERNEL_VERSIONS, KERNEL_NAMES, THREADS1)
-KERNEL_MODULES = pytest.mark.parametrize("mod", [gpu, gru_gpu], ids=["lstm", "gru"])
+KERNEL_MODULES = pytest.mark.parametrize("mod", [gpu, gru_gpu, persistent], ids=["lstm", "gru", "persistent"])
 
 
 def _missing(what):
@@ -95,12 +95,15 @@ def test_nvcc_compiles_every_kernel_for_sm90_without_spills(tmp_path, mod):
 @KERNEL_MODULES
 def test_nvrtc_compiles_the_loader_source_as_cupy_would(mod):
     nvrtc = _nvrtc()
+    extra = ()
+    if mod is persistent:   # cooperative_groups.h: NVRTC has no copy of its own (persistent.cooperative_include)
+        extra = persistent.cooperative_include() or _missing("cooperative_groups.h (the CUDA toolkit's headers)")
     prog = nvrtc.createProgram(gpu.load_source(mod.KERNEL_FILE), mod.KERNEL_FILE, [], [])
     try:
         for expr in mod.NAME_EXPRESSIONS:
             nvrtc.addNameExpression(prog, expr)
         # CuPy's RawModule adds -ftz=true and -arch=sm_XX for the device to the loader's options
-        options = list(gpu.COMPILE_OPTIONS) + ["-ftz=true", f"-arch={ARCH}", "--ptxas-options=-v"]
+        options = list(gpu.COMPILE_OPTIONS) + list(extra) + ["-ftz=true", f"-arch={ARCH}", "--ptxas-options=-v"]
         try:
             nvrtc.compileProgram(prog, options)
         except nvrtc.NVRTCError as e:
@@ -172,7 +175,9 @@ def test_kernel_dir_is_the_checkout_kernels():
     assert (gpu.kernel_dir() / "lstm_gates.cuh").is_file()
 
 
-@pytest.mark.parametrize("mod,names", [(gpu, ("THREADS1", "TJ", "TN")), (gru_gpu, ("THREADS1",))], ids=["lstm", "gru"])
+@pytest.mark.parametrize("mod,names", [(gpu, ("THREADS1", "TJ", "TN")), (gru_gpu, ("THREADS1",)),
+                                       (persistent, ("VEC_BYTES3", "MAX_ROWS3", "MAX_THREADS3"))],
+                         ids=["lstm", "gru", "persistent"])
 def test_launch_constants_match_the_kernel_file(mod, names):
     cu = (gpu.kernel_dir() / mod.KERNEL_FILE).read_text()
     for name in names:
@@ -222,7 +227,7 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("npylstm-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-        for f in ("lstm_kernels.cu", "lstm_gates.cuh", "gru_kernels.cu", "gru_gates.cuh"):
+        for f in ("lstm_kernels.cu", "lstm_persistent.cu", "lstm_gates.cuh", "gru_kernels.cu", "gru_gates.cuh"):
             assert f"npylstm/kernels/{f}" in names, names
         z.extractall(tmp_path / "site")
     away = tmp_path / "elsewhere"

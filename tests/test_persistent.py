@@ -73,15 +73,6 @@ def test_persistent_plan_asks_the_occupancy_api_for_the_grid():
     assert plan.fits and plan.blocks * plan.units >= 512 and plan.blocks <= 132 * persistent.BLOCKS_PER_SM
 
 
-def test_persistent_constants_match_the_kernel_file():
-    import re
-    cu = (gpu.kernel_dir() / persistent.KERNEL_FILE).read_text()
-    for name in ("VEC_BYTES3", "MAX_ROWS3", "MAX_THREADS3"):
-        m = re.search(rf"constexpr int {name} = (\d+);", cu)
-        assert m and int(m.group(1)) == getattr(persistent, name), name
-    assert "Version 3 (" in cu
-
-
 # ------------------------------------------------------------------------------------------------ emulator
 @pytest.fixture(scope="module")
 def persistent_emulator(tmp_path_factory):
