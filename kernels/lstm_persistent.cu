@@ -23,7 +23,8 @@
 // slice's columns -- 4U forward, U backward -- and S the slices of the reduction index k) sums the terms
 // k = V s', s' = s, s + S, ... for the R staged rows: per V consecutive k (V = 16 bytes of T, one vector
 // load: 4 floats or 2 doubles) one load of its column's weights, reused from registers for all R rows, and one
-// load per row; the S partial sums of an output then meet in shared memory. The weights sit in shared memory
+// load per row; the S partial sums of an output are then added in a tree in shared memory (ceil(log2 S) rounds,
+// every thread busy: a thread per output summing S values took S dependent loads). The weights sit in shared memory
 // as [k / V][c][V], so the 32 threads of a warp (consecutive c, then s) read 32 consecutive vectors: no bank
 // conflict. R (1, 2, 4 or 8) adapts to N: one row reuses nothing, so a small batch does not pay for eight.
 // State that other blocks wrote during the launch (H_{t-1}, dA_{t+1}) is read with ld.global.cg (L2, not the
@@ -81,6 +82,21 @@ __device__ inline void product_slice(const T* Ws, const T* X, T* red, int C, int
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) red[r * blockDim.x + tid] = acc[r];
+}
+
+// red (R, S, C) of partial sums -> red[r, 0, c] = their sum over s, in a tree: each round folds the upper half of
+// the slices onto the lower. Every thread of the block calls it (it synchronises).
+template <typename T>
+__device__ inline void sum_slices(T* red, int R, int C, int S) {
+    for (int width = S; width > 1;) {
+        const int half = (width + 1) / 2, upper = width - half;   // slices s + half fold onto s, s < upper
+        for (int e = threadIdx.x; e < R * upper * C; e += blockDim.x) {
+            const int r = e / (upper * C), s = e / C % upper, c = e % C;
+            red[(r * S + s) * C + c] += red[(r * S + s + half) * C + c];
+        }
+        width = half;
+        __syncthreads();
+    }
 }
 
 template <typename T>
@@ -142,6 +158,7 @@ lstm_forward_kernel3(const T* __restrict__ Ax, const T* __restrict__ W_h, const 
             __syncthreads();
             product_rows(R, Ws, X, red, C, Kq);                // partial sums of H_prev W_h
             __syncthreads();
+            sum_slices(red, R, C, S);
             for (int o = threadIdx.x; o < R * U; o += blockDim.x) {
                 const int n = n0 + o / U, u = o % U, j = j0 + u;
                 if (n >= N || u >= Ub) continue;
@@ -149,8 +166,7 @@ lstm_forward_kernel3(const T* __restrict__ Ax, const T* __restrict__ W_h, const 
                 const T* ax = Ax + tN4H + n * NUM_GATES * H + j;
 #pragma unroll
                 for (int g = 0; g < NUM_GATES; ++g) {          // A = (X W_x + b) + H_prev W_h
-                    A[g] = ax[g * H];
-                    for (int s = 0; s < S; ++s) A[g] += red[(o / U) * blockDim.x + s * C + g * U + u];
+                    A[g] = ax[g * H] + red[(o / U) * blockDim.x + g * U + u];
                 }
                 const int e = n * H + j;
                 const T C_prev = Cs[tNH + e];
@@ -200,6 +216,7 @@ lstm_backward_kernel3(const T* __restrict__ dY, const T* __restrict__ W_h, const
                 __syncthreads();
                 product_rows(R, Ws, X, red, U, Kq);             // partial sums of dA_{t+1} W_hᵀ
                 __syncthreads();
+                sum_slices(red, R, U, S);
             }
             for (int o = threadIdx.x; o < R * U; o += blockDim.x) {
                 const int n = n0 + o / U, u = o % U, j = j0 + u;
@@ -207,9 +224,7 @@ lstm_backward_kernel3(const T* __restrict__ dY, const T* __restrict__ W_h, const
                 const int e = n * H + j;
                 // forward: A_{t+1} = ... + H_t W_h  ->  dH_t = dY_t + dA_{t+1} W_hᵀ; a masked row at t+1 has
                 // dA = 0 and passes its dH_{t+1} through; dH holds dh_T before the last step
-                T dh = T(0);
-                if (after)
-                    for (int s = 0; s < S; ++s) dh += red[(o / U) * blockDim.x + s * U + u];
+                T dh = after ? red[(o / U) * blockDim.x + u] : T(0);
                 const T pass = !after ? T(1) : mask == nullptr ? T(0) : T(1) - mask[(t + 1) * N + n];
                 dh += pass * dH[e];
                 if (t < 0) {
