@@ -149,15 +149,16 @@ def persistent_plan(N, H, dtype):
 
 
 def _device_plan(cupy, device, N, H, dtype):
-    rt = cupy.cuda.runtime
-    limits = Limits(sms=rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, device),
-                    shared_optin=rt.deviceGetAttribute(rt.cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-                    cooperative=bool(rt.deviceGetAttribute(rt.cudaDevAttrCooperativeLaunch, device)))
     try:
+        rt = cupy.cuda.runtime
+        limits = Limits(sms=rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, device),
+                        shared_optin=rt.deviceGetAttribute(rt.cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                        cooperative=bool(rt.deviceGetAttribute(rt.cudaDevAttrCooperativeLaunch, device)))
         functions = {d: get_function(d, dtype) for d in ("forward", "backward")}
     except Exception as e:   # e.g. NVRTC without cooperative_groups.h (no CUDA headers on this machine)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return Plan(False, f"kernel 3 cannot run here: its module did not compile ({first})", N, H, np.dtype(dtype))
+        return Plan(False, f"kernel 3 cannot run here: the device query or the module's compilation failed "
+                           f"({type(e).__name__}: {first})", N, H, np.dtype(dtype))
 
     def occupancy(direction, shape):
         f = functions[direction]
@@ -211,7 +212,7 @@ def get_function(direction, dtype):
     with enable_cooperative_groups=True through cuLaunchCooperativeKernel. Compiled once per device."""
     from . import gpu
     cupy = _cupy()
-    options = gpu.COMPILE_OPTIONS + cooperative_include()
+    options = tuple(getattr(gpu, "compile_options", lambda: gpu.COMPILE_OPTIONS)()) + cooperative_include()
     key = (cupy.cuda.runtime.getDevice(), options)
     if key not in _modules:
         _modules[key] = cupy.RawModule(code=source(), options=options,
