@@ -207,12 +207,18 @@ def source():
     return gpu.load_source(KERNEL_FILE)
 
 
+def _options():
+    """The loader's NVRTC options (with -lineinfo when asked: gpu.compile_options) and cooperative_include()."""
+    from . import gpu
+    return tuple(getattr(gpu, "compile_options", lambda: gpu.COMPILE_OPTIONS)()) + cooperative_include()
+
+
 def get_function(direction, dtype):
     """lstm_{direction}_kernel3<T>, from a module of its own: CuPy launches every kernel of a module made
     with enable_cooperative_groups=True through cuLaunchCooperativeKernel. Compiled once per device."""
     from . import gpu
     cupy = _cupy()
-    options = tuple(getattr(gpu, "compile_options", lambda: gpu.COMPILE_OPTIONS)()) + cooperative_include()
+    options = _options()
     key = (cupy.cuda.runtime.getDevice(), options)
     if key not in _modules:
         _modules[key] = cupy.RawModule(code=source(), options=options,
