@@ -23,9 +23,9 @@
 // slice's columns -- 4U forward, U backward -- and S the slices of the reduction index k) sums the terms
 // k = V s', s' = s, s + S, ... for the R staged rows: per V consecutive k (V = 16 bytes of T, one vector
 // load: 4 floats or 2 doubles) one load of its column's weights, reused from registers for all R rows, and one
-// load per row; the S partial sums of an output are then added in a tree in shared memory (ceil(log2 S) rounds,
-// every thread busy: a thread per output summing S values took S dependent loads). The weights sit in shared memory
-// as [k / V][c][V], so the 32 threads of a warp (consecutive c, then s) read 32 consecutive vectors: no bank
+// load per row; the S partial sums of an output are then added in a tree in shared memory (ceil(log2 S) rounds
+// with every thread busy, rather than one thread per output making S dependent loads). The weights sit in shared
+// memory as [k / V][c][V], so the 32 threads of a warp (consecutive c, then s) read 32 consecutive vectors: no bank
 // conflict. R (1, 2, 4 or 8) adapts to N: one row reuses nothing, so a small batch does not pay for eight.
 // State that other blocks wrote during the launch (H_{t-1}, dA_{t+1}) is read with ld.global.cg (L2, not the
 // SM's L1, which is not coherent across SMs); a block's own units (C, dH, dC) are read where it wrote them.
