@@ -42,8 +42,9 @@ namespace npylstm {
 
 constexpr int VEC_BYTES3 = 16;  // version 3: bytes of one vector load (the weights' and staged rows' layout)
 constexpr int MAX_ROWS3 = 8;    // version 3: rows of the batch a thread's registers carry through the product
-constexpr int MAX_THREADS3 = 256;  // version 3: threads per block at most (the plan makes C x S of them); one block
-                                   // per SM (launch bounds: without the 1, ptxas spilled backward<float> at 48 registers)
+// version 3: threads per block at most (the plan makes C x S of them), one block per SM: the launch bounds say
+// both (with the thread count alone, ptxas 13.0 spilled backward<float> at 48 registers)
+constexpr int MAX_THREADS3 = 256;
 
 template <typename T>
 struct alignas(VEC_BYTES3) Vec3 {
