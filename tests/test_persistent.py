@@ -164,6 +164,23 @@ def test_persistent_on_cpu_carries_state_across_calls(persistent_emulator, monke
         assert_close(first[i] + second[i], whole[i], F64_RTOL, f"{GRAD_NAMES[i]} split")
 
 
+def test_persistent_on_cpu_over_48_kb_of_shared_memory(persistent_emulator, monkeypatch):
+    """A slice over 48 KB (float64, H = 60 on 2 blocks: 30 units, W_h slice 57.6 KB) launches only after the
+    kernel's max_dynamic_shared_size_bytes is raised, as on the GPU; the emulator refuses it otherwise."""
+    _on_cpu(monkeypatch, persistent_emulator, 2)
+    monkeypatch.setattr(persistent, "LIMITS", emulated(2)._replace(max_threads=128))
+    rng = np.random.default_rng(2)
+    T, N, D, H = 2, 2, 2, 60
+    assert persistent.persistent_plan(N, H, np.float64).forward.shared > 48 * 1024
+    x, h0, c0, W_x, W_h, b, _ = _problem(rng, T, N, D, H, np.float64, None)
+    dY, dh_T, dc_T = (nonzero(rng, s) for s in ((T, N, H), (N, H), (N, H)))
+    Y, h_T, c_T, cache = sequence.sequence_forward(x, h0, c0, W_x, W_h, b)
+    want = sequence.sequence_backward(dY, dh_T, dc_T, cache)
+    got_Y, got_h, got_c, got = _run_persistent(x, h0, c0, W_x, W_h, b, None, dY, dh_T, dc_T)
+    for name, g, w in zip(("Y", "h_T", "c_T") + GRAD_NAMES, (got_Y, got_h, got_c) + got, (Y, h_T, c_T) + want):
+        assert_close(g, w, F64_RTOL, f"kernel 3 over 48 KB: {name}")
+
+
 def _states(x, h0, c0, W_x, W_h, b, mask, split):
     _, h, c, _ = sequence.sequence_forward(x[:split], h0, c0, W_x, W_h, b, mask[:split])
     return h, c
