@@ -69,24 +69,24 @@ __host__ __device__ inline void cell_backward(T dH, T dC, const Saved<T>& s, T C
 // Saved values of element (n, j) from the (N, 4H) gate array and the (N, H) tanh(C) array.
 template <typename T>
 __host__ __device__ inline Saved<T> load_saved(const T* gates, const T* tanh_C, int n, int j, int H) {
-    const T* g = gates + (long long)n * NUM_GATES * H + j;
+    const T* g = gates + n * NUM_GATES * H + j;  // int: gpu.check_sizes keeps N·4H < 2^31
     Saved<T> s;
     s.I = g[GATE_I * H];
     s.F = g[GATE_F * H];
     s.C_tilde = g[GATE_G * H];
     s.O = g[GATE_O * H];
-    s.tanh_C = tanh_C[(long long)n * H + j];
+    s.tanh_C = tanh_C[n * H + j];
     return s;
 }
 
 template <typename T>
 __host__ __device__ inline void store_saved(const Saved<T>& s, T* gates, T* tanh_C, int n, int j, int H) {
-    T* g = gates + (long long)n * NUM_GATES * H + j;
+    T* g = gates + n * NUM_GATES * H + j;
     g[GATE_I * H] = s.I;
     g[GATE_F * H] = s.F;
     g[GATE_G * H] = s.C_tilde;
     g[GATE_O * H] = s.O;
-    tanh_C[(long long)n * H + j] = s.tanh_C;
+    tanh_C[n * H + j] = s.tanh_C;
 }
 
 }  // namespace npylstm

@@ -8,7 +8,7 @@ from .sequence import sequence_backward, sequence_forward
 
 __version__ = "0.1.0"
 
-# training toolkit (issue 4)
+# training toolkit
 from .data import StreamBatches, chronological_split, make_windows, one_hot, pad_sequences, stream_batches
 from .layers import Linear
 from .losses import cross_entropy_loss, mse_loss
@@ -16,11 +16,10 @@ from .optim import SGD, Adam, clip_grad_norm
 from .checkpoint import load
 from .model import Sequential
 
-# seed experiments (issue 5): the gate recorder and its heatmaps
+# seed experiments: the gate recorder and its heatmaps
 from .experiments import gate_activations, plot_gates
 
-# GRU (issue 7)
+# GRU
 from .gru import GRU
 from .gru_cell import GRU_GATES, gru_step_backward, gru_step_forward
-from .gru_interop import gru_from_keras, gru_from_torch, gru_to_keras, gru_to_torch_state_dict
 from .gru_sequence import gru_sequence_backward, gru_sequence_forward

@@ -22,9 +22,12 @@ at `path` stays as it was. Loading reads every entry (the zip's CRC-32s and the 
 and corrupted files), then validates the config, every shape and dtype, before it builds anything.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
+from typing import Union
 
 import numpy as np
 
@@ -93,7 +96,7 @@ def _atomic_savez(path, arrays):
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load(path):
+def load(path: Union[str, "os.PathLike[str]"]) -> Sequential:
     """A Sequential from a checkpoint written by save: architecture, weights, compile settings and
     optimizer state, epochs trained, and the carried state if it was saved. Validates everything and
     raises ValueError saying what is wrong; a truncated or corrupted file is refused."""
@@ -184,13 +187,13 @@ def _model_from_config(config):
         if spec["type"] == "LSTM":
             layers.append(LSTM(spec["input_size"], spec["hidden_size"], num_layers=spec["num_layers"],
                                batch_first=spec["batch_first"], dtype=spec["dtype"],
-                               forget_bias=spec["forget_bias"], seed=0))
+                               forget_bias=spec["forget_bias"], stateful=config["stateful"], seed=0))
         elif spec["type"] == "GRU":
             if not isinstance(spec["reset_after"], bool):
                 raise ValueError(f"a GRU layer's reset_after must be true or false, got {spec['reset_after']!r}")
             layers.append(GRU(spec["input_size"], spec["hidden_size"], num_layers=spec["num_layers"],
                               batch_first=spec["batch_first"], dtype=spec["dtype"],
-                              reset_after=spec["reset_after"], seed=0))
+                              reset_after=spec["reset_after"], stateful=config["stateful"], seed=0))
         elif spec["type"] == "Linear":
             layers.append(Linear(spec["in_features"], spec["out_features"], dtype=spec["dtype"], seed=0))
         else:

@@ -7,18 +7,40 @@ chronological_split(series, test_fraction, window=None, horizon=1) -> train, tes
 stream_batches(series, batch_size, steps)      -> StreamBatches(x, y, dropped)
 pad_sequences(sequences, maxlen=None, padding="pre", value=0.0, truncating="pre") -> x (N, T, D), mask (N, T)
 one_hot(indices, num_classes, dtype=float32)   -> (..., num_classes)
+
+A series is a NumPy array or a list of numbers, (S,) or (S, D). A float array keeps its dtype; integer
+arrays and lists become float32 (the layers' default, as pad_sequences does with lists), unless
+dtype= says otherwise (float32 or float64).
 """
 
-from typing import NamedTuple
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
-from .checks import as_float_array, check_positive_int
+from .checks import as_float_array, check_dtype, check_positive_int
 
 
-def _series(where, series):
-    """(S,) or (S, D) float series -> (S, D) (a view for (S, D) input)."""
-    s = as_float_array(where, "series", series)
+def _float_series(where, series, dtype):
+    """`series` as a float array (see the module docstring for the dtype), finite, any shape."""
+    if dtype is not None:
+        dtype = check_dtype(where, dtype)
+    a = series if isinstance(series, np.ndarray) else np.asarray(series)
+    if a.dtype.kind in "iu" or (a.dtype.kind == "f" and not isinstance(series, np.ndarray)):
+        a = a.astype(dtype or np.float32)
+    elif a.dtype.kind == "f" and dtype is not None:
+        a = a.astype(dtype, copy=False)
+    elif a.dtype.kind != "f":
+        raise ValueError(f"{where}: series must hold real numbers (a float or integer array, or a list of "
+                         f"numbers), got dtype {a.dtype}")
+    return as_float_array(where, "series", a)
+
+
+def _series(where, series, dtype=None):
+    """(S,) or (S, D) series -> (S, D) float (a view for (S, D) float input)."""
+    s = _float_series(where, series, dtype)
     if s.ndim == 1:
         s = s[:, None]
     if s.ndim != 2:
@@ -26,15 +48,16 @@ def _series(where, series):
     return s
 
 
-def make_windows(series, window, horizon=1):
+def make_windows(series: ArrayLike, window: int, horizon: int = 1,
+                 dtype: Optional[DTypeLike] = None) -> tuple[np.ndarray, np.ndarray]:
     """Sliding windows over one series.
 
     series : (S,) or (S, D);  returns X : (M, window, D), y : (M, D) with M = S - window - horizon + 1:
         X[i] = series[i : i + window]        y[i] = series[i + window + horizon - 1]
-    (y is the value `horizon` steps after the window's last point).
+    (y is the value `horizon` steps after the window's last point). dtype: see the module docstring.
     """
     where = "make_windows"
-    s = _series(where, series)
+    s = _series(where, series, dtype)
     window = check_positive_int(where, "window", window)
     horizon = check_positive_int(where, "horizon", horizon)
     S, D = s.shape
@@ -48,16 +71,18 @@ def make_windows(series, window, horizon=1):
     return X, y.copy()
 
 
-def chronological_split(series, test_fraction=0.2, window=None, horizon=1):
+def chronological_split(series: ArrayLike, test_fraction: float = 0.2, window: Optional[int] = None,
+                        horizon: int = 1, dtype: Optional[DTypeLike] = None) -> tuple[np.ndarray, np.ndarray]:
     """Split a series in time order: the first points train, the last round(S * test_fraction) test.
 
     With `window` given, the test part starts with the window + horizon - 1 points before the split
     (context only), so make_windows(test, window, horizon) yields exactly the windows whose targets lie
     in the test part, and no window of make_windows(train, ...) has a target there.
-    series : (S,) or (S, D); returns (train, test) in the series' own shape convention.
+    series : (S,) or (S, D); returns (train, test) in the series' own shape convention (dtype: see
+    the module docstring).
     """
     where = "chronological_split"
-    s = as_float_array(where, "series", series)
+    s = _float_series(where, series, dtype)
     if s.ndim not in (1, 2):
         raise ValueError(f"{where}: series must be (S,) or (S, D), got shape {tuple(s.shape)}")
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating)) \
@@ -87,7 +112,8 @@ class StreamBatches(NamedTuple):
     dropped: int      # points at the end of the series that appear nowhere (neither in x nor in y)
 
 
-def stream_batches(series, batch_size, steps):
+def stream_batches(series: ArrayLike, batch_size: int, steps: int,
+                   dtype: Optional[DTypeLike] = None) -> StreamBatches:
     """Cut one long series into batch_size parallel streams, served as `steps`-step chunks (Keras stateful order).
 
     series : (S,) or (S, D).  Each stream is L = K * steps consecutive points, K = (S - 1) // (N * steps)
@@ -98,10 +124,10 @@ def stream_batches(series, batch_size, steps):
 
     so row i of batch k+1 continues row i of batch k exactly. dropped = S - (N L + 1): the tail that does
     not fill a whole chunk in every stream. Feed to fit(x, y, batch_size=N, shuffle=False) on a stateful
-    return_sequences model.
+    return_sequences model. dtype: see the module docstring.
     """
     where = "stream_batches"
-    s = _series(where, series)
+    s = _series(where, series, dtype)
     N = check_positive_int(where, "batch_size", batch_size)
     steps = check_positive_int(where, "steps", steps)
     S, D = s.shape
@@ -118,7 +144,9 @@ def stream_batches(series, batch_size, steps):
     return StreamBatches(x, y, S - (N * L + 1))
 
 
-def pad_sequences(sequences, maxlen=None, padding="pre", value=0.0, truncating="pre", dtype=None):
+def pad_sequences(sequences: Sequence[ArrayLike], maxlen: Optional[int] = None, padding: str = "pre",
+                  value: float = 0.0, truncating: str = "pre",
+                  dtype: Optional[DTypeLike] = None) -> tuple[np.ndarray, np.ndarray]:
     """Pad variable-length sequences into one batch, with a mask of the real steps.
 
     sequences : a list of (T_i,) or (T_i, D) arrays (all with the same D).
@@ -176,7 +204,7 @@ def pad_sequences(sequences, maxlen=None, padding="pre", value=0.0, truncating="
     return x, mask
 
 
-def one_hot(indices, num_classes, dtype=np.float32):
+def one_hot(indices: ArrayLike, num_classes: int, dtype: DTypeLike = np.float32) -> np.ndarray:
     """indices : int array (...), values in [0, num_classes)  ->  (..., num_classes) with a 1 at each index."""
     where = "one_hot"
     idx = np.asarray(indices)

@@ -3,26 +3,52 @@
 It implements the contract of sequence.py, so `LSTM(..., device="cuda")` is the same layer with another
 backend (design.md §2: the GPU enters at a seam):
 
-    sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, kernel=DEFAULT_KERNEL) -> Y, h_T, c_T, cache
+    sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, kernel=None) -> Y, h_T, c_T, cache
     sequence_backward(dY, dh_T, dc_T, cache) -> dx, dh0, dc0, dW_x, dW_h, db
-    step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel=DEFAULT_KERNEL) -> H, C, cache   (one cell step)
+    step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel=None) -> H, C, cache   (one cell step)
     step_backward(dH, dC, cache) -> dx, dh_prev, dc_prev, dW_x, dW_h, db
 
 `kernel` picks a version of kernels/lstm_kernels.cu (its header comment describes each): 1 fuses the
-pointwise part of a step and leaves the products to cuBLAS, 2 does a whole step in one launch.
+pointwise part of a step and leaves the products to cuBLAS, 2 does a whole step in one launch. None lets
+choose_kernel(N, H) pick by size: the one place the default lives.
+
+What a sequence call launches on the GPU (kernels of kernels/, cuBLAS products, CuPy operations; the loops
+make nothing else, and tests/test_launches.py counts every call through this code on the CPU):
+
+    per time step    forward                 backward
+    version 1        1 GEMM + 1 kernel       1 kernel + 1 GEMM        (A_h = H_prev W_h; dH_prev = dA W_hᵀ)
+    version 2        1 kernel                1 kernel
+
+    once a call      forward: the hoisted input product X W_x (1 GEMM) and its bias (1 add); H_0, C_0 into
+                     the state arrays (2 copies); h_T, c_T (2 copies); a mask to the device (1 copy).
+                     backward: dW_x, dW_h, dX (3 GEMMs), db (1 sum); with a mask, version 1 also zeroes
+                     its pass-through buffer (1 fill) and adds it to dh0 (1 add).
+
+A GEMM is one cuBLAS call (which may itself run more than one kernel). A mask costs no launch per step:
+the kernels read its row (0/1 in the data type) and keep the state of a masked row forward, pass its
+gradients through backward. Every buffer is allocated once per call, before the loop (version 1's A_h is
+one kept (N, 4H) buffer, written with out=); the loops only slice views and launch. A lone cell step:
+version 1 forward 2 GEMMs + 1 add + 1 kernel, backward 1 kernel + 2 GEMMs (dH_prev, dX); version 2 one
+kernel each way (it computes X W_x + b and dX itself); then dW_x, dW_h (2 GEMMs) and db (1 sum).
+
+Kernels are looked up once per device, version and dtype (get_function caches them: a RawModule lookup
+makes a new RawKernel and a driver call) and once per call in the launch code, never per step.
 
 CuPy is imported only when a GPU function runs: a CPU-only install imports this module without it.
-`require_cuda()` says what is missing (CuPy, a device, the NVRTC library) as a RuntimeError.
+`require_cuda()` says what is missing (CuPy, a device or its driver, the NVRTC library) as a RuntimeError.
 
 The loader reads kernels/ from a checkout (<repo>/kernels) or an installed wheel (npylstm/kernels/),
 splices `#include "..."`d headers into the source with `#line` markers (CuPy's compile cache keys on the
 source text only, so a header edit must change the source to rebuild), compiles float and double through
-NVRTC with name_expressions (CuPy adds -ftz=true: float32 flushes denormals to zero) and caches the module.
+NVRTC with name_expressions (CuPy adds -ftz=true: float32 flushes denormals to zero; NPYLSTM_LINEINFO=1 adds
+-lineinfo, so compute-sanitizer names the .cu line) and caches the module.
 CuPy checks nothing about kernel arguments, so every public function validates dtype, contiguity and
-shapes first, and sizes go to the kernels as np.int32.
+shapes first, and sizes go to the kernels as np.int32: the kernels index with 32-bit int, and check_sizes
+refuses (ValueError) sizes where an array one launch indexes would have 2^31 elements or more.
 """
 
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -31,29 +57,73 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 KERNEL_VERSIONS = (1, 2)
-# Default without a measurement, by reasoning: a per-step Python loop is bound by launches (about 6 µs
-# each from Python on an H100, design.md §6) at the sizes the seed experiments use (N ≤ 64, H ≤ 512);
-# version 2 makes one launch per step each way where version 1 makes two. Version 2's in-kernel product
-# is a plain tiled FMA loop, so for large N·H (N = 256, H = 1024) cuBLAS in version 1 should win:
-# `npylstm bench` on a GPU decides; change this line when it has.
-DEFAULT_KERNEL = 2
+DEFAULT_KERNEL = None                # None: choose_kernel(N, H) picks a version for each call's sizes
 KERNEL_FILE = "lstm_kernels.cu"
 KERNEL_NAMES = ("lstm_forward_kernel", "lstm_backward_kernel")  # + version number
 TYPE_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 NAME_EXPRESSIONS = tuple(f"npylstm::{name}{v}<{t}>"
                          for v in KERNEL_VERSIONS for name in KERNEL_NAMES for t in TYPE_NAMES.values())
 COMPILE_OPTIONS = ("--std=c++17",)   # CuPy appends -ftz=true and -arch=sm_XX for the device
+LINEINFO_ENV = "NPYLSTM_LINEINFO"    # "1": compile with -lineinfo (compute-sanitizer reports then name the line)
 THREADS1, TJ, TN = 256, 32, 8        # launch shapes: the constants of the same names in lstm_kernels.cu
+NUM_GATES = 4
+INDEX_LIMIT = 2 ** 31                # the kernels index with int: an array one launch indexes has fewer elements
+MAX_GRID_Y = 65535                   # CUDA's limit on gridDim.y: version 2's ceil(N / TN) row tiles
+SMALL_STEP = 2 ** 22                 # N·H² up to which choose_kernel takes a step as launch-bound (estimated)
 NULL = np.uint64(0)                  # a null pointer argument: CuPy turns None into 0xffffffff (cupy#9046)
 POISON = False                       # tests set True: every output buffer starts as NaN, so an unwritten one shows
 
 
 # ------------------------------------------------------------------------------------------------ checks
 def check_kernel(where, kernel):
-    """The dispatcher's gate: `kernel` must be a known version number."""
+    """The version gate, the one place versions are checked: `kernel` must be a known version number, or
+    None (choose_kernel picks one per call, by size). Returns it as an int, or None."""
+    if kernel is None:
+        return None
     if isinstance(kernel, (bool, np.bool_)) or kernel not in KERNEL_VERSIONS:
-        raise ValueError(f"{where}: kernel must be one of {', '.join(map(str, KERNEL_VERSIONS))}, got {kernel!r}")
+        raise ValueError(f"{where}: kernel must be one of {', '.join(map(str, KERNEL_VERSIONS))} "
+                         f"(or None: chosen by size), got {kernel!r}")
     return int(kernel)
+
+
+def choose_kernel(N, H):
+    """The version a call runs when none is given (kernel=None): the one place the default lives.
+
+    Today's rule is reasoning, not a measurement: no GPU run has timed the versions yet. A step's product
+    H_prev W_h is 4·N·H² multiply-adds. While that is small the step is bound by launches (~6 µs each from
+    Python, measured on an H100, design.md §6), and version 2 makes one launch per step each way where
+    version 1 makes two. When it is large, version 1's cuBLAS product should win over version 2's plain
+    tiled FMA loop (no register blocking, bound by shared-memory loads; estimated at a sixth of cuBLAS's
+    FP32 rate). With those estimates the two meet near N·H² = 2^22 (N ≈ 256 at H = 128, 16 at H = 512,
+    4 at H = 1024). `npylstm bench --sequence` on a GPU times both versions: replace this rule by its
+    measured table here.
+    """
+    return 2 if N * H * H <= SMALL_STEP else 1
+
+
+def resolve_kernel(where, kernel, N, H):
+    """check_kernel, then None -> choose_kernel(N, H)."""
+    kernel = check_kernel(where, kernel)
+    return choose_kernel(N, H) if kernel is None else kernel
+
+
+def check_sizes(where, N, D, H, kernel, gates=NUM_GATES):
+    """Refuse sizes the kernels cannot run: every size at least 1; every array one launch indexes -- a
+    step's (N, gates·H) rows, W_h (H, gates·H), W_x (D, gates·H), a step's x (N, D) -- under 2^31 elements
+    (32-bit int indices); version 2's row tiles within CUDA's grid limit. (Larger sizes would need 64-bit
+    index arithmetic, which costs registers in every kernel; they are refused instead, clearly.)"""
+    for name, v in (("N", N), ("D", D), ("H", H)):
+        if v < 1:
+            raise ValueError(f"{where}: {name} must be at least 1, got {v}")
+    G = gates
+    for what, count in ((f"a step's gates N·{G}H", N * G * H), (f"W_h H·{G}H", H * G * H),
+                        (f"W_x D·{G}H", D * G * H), ("a step's x N·D", N * D)):
+        if count >= INDEX_LIMIT:
+            raise ValueError(f"{where}: {what} = {count} elements; the kernels index with 32-bit int and take "
+                             f"arrays of fewer than 2^31 elements")
+    if kernel == 2 and -(-N // TN) > MAX_GRID_Y:
+        raise ValueError(f"{where}: kernel 2 takes N up to {MAX_GRID_Y * TN} ({MAX_GRID_Y} row tiles of {TN}), "
+                         f"got N = {N}; use kernel=1")
 
 
 _verified = None  # the cupy module once require_cuda has passed (a per-call check costs driver calls)
@@ -71,8 +141,8 @@ def require_cuda(where="npylstm"):
                            f"install it with: pip install 'npylstm[cuda13]' (or cupy-cuda12x for CUDA 12)") from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:  # no driver, or the driver finds no device
-        raise RuntimeError(f"{where}: no usable CUDA device: CuPy is installed but the CUDA runtime says: {e}") from e
+    except Exception as e:  # no driver, a driver too old, or the driver finds no device
+        raise RuntimeError(f"{where}: no usable CUDA device: {_device_error(cupy, e)}") from e
     if count < 1:
         raise RuntimeError(f"{where}: no usable CUDA device: the CUDA driver reports 0 devices")
     try:
@@ -82,6 +152,30 @@ def require_cuda(where="npylstm"):
                            f"install it with: pip install 'nvidia-cuda-nvrtc>=13,<14' (or the CUDA toolkit)") from e
     _verified = cupy
     return cupy
+
+
+def _cuda_version(v):
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _device_error(cupy, error):
+    """What getDeviceCount's error means. Without any NVIDIA driver the CUDA runtime says "driver version is
+    insufficient"; the driver's own version (0 when there is none) tells that from a driver too old."""
+    try:
+        driver = cupy.cuda.runtime.driverGetVersion()
+    except Exception:
+        driver = None
+    if driver == 0:
+        return (f"no NVIDIA driver is loaded on this machine (no GPU, or its driver is not installed); "
+                f"the CUDA runtime says: {error}")
+    if driver and "insufficient" in str(error).lower():
+        try:
+            runtime = _cuda_version(cupy.cuda.runtime.runtimeGetVersion())
+        except Exception:
+            runtime = "?"
+        return (f"the NVIDIA driver supports CUDA {_cuda_version(driver)}, older than the CUDA {runtime} runtime "
+                f"this CuPy uses: update the driver or install the CuPy for your CUDA ({error})")
+    return f"CuPy is installed but the CUDA runtime says: {error}"
 
 
 def _check_arrays(where, arrays, shapes):
@@ -167,70 +261,138 @@ def load_source(name=KERNEL_FILE, directory=None, _seen=None):
     return "\n".join(out)
 
 
-_modules = {}  # device id -> cupy.RawModule
+_modules = {}    # (device id, compile options) -> cupy.RawModule
+_functions = {}  # (device id, compile options, full name) -> the module's kernel
+
+
+def compile_options():
+    """The loader's NVRTC options: COMPILE_OPTIONS, plus -lineinfo when NPYLSTM_LINEINFO=1."""
+    return COMPILE_OPTIONS + (("-lineinfo",) if os.environ.get(LINEINFO_ENV) == "1" else ())
+
+
+def compiled_module(where, modules, kernel_file, name_expressions):
+    """The RawModule of kernels/`kernel_file` for the current device and compile options, made once and kept
+    in `modules`; returns (key, module). gpu.py and gru_gpu.py each keep their own dicts."""
+    cupy = require_cuda(where)
+    key = (cupy.cuda.runtime.getDevice(), compile_options())
+    if key not in modules:
+        modules[key] = cupy.RawModule(code=load_source(kernel_file), options=key[1], name_expressions=name_expressions)
+    return key, modules[key]
+
+
+def compiled_function(where, modules, functions, kernel_file, name_expressions, full_name):
+    """Kernel `full_name` ('npylstm::name<T>') of that module, looked up once and kept in `functions`
+    (RawModule.get_function makes a new RawKernel and a driver lookup at every call)."""
+    key, module = compiled_module(where, modules, kernel_file, name_expressions)
+    f = functions.get(key + (full_name,))
+    if f is None:
+        f = functions[key + (full_name,)] = module.get_function(full_name)
+    return f
 
 
 def get_module():
-    """The compiled module for the current device (compiled once per process and device, then cached)."""
-    cupy = require_cuda("npylstm.gpu")
-    device = cupy.cuda.runtime.getDevice()
-    if device not in _modules:
-        _modules[device] = cupy.RawModule(code=load_source(), options=COMPILE_OPTIONS,
-                                          name_expressions=NAME_EXPRESSIONS)
-    return _modules[device]
+    """The compiled module for the current device (compiled once per process, device and options, then cached)."""
+    return compiled_module("npylstm.gpu", _modules, KERNEL_FILE, NAME_EXPRESSIONS)[1]
 
 
 def get_function(name, version, dtype):
-    return get_module().get_function(f"npylstm::{name}{version}<{TYPE_NAMES[np.dtype(dtype)]}>")
+    """Kernel `name``version`<dtype> for the current device, looked up once and cached; the launch code
+    asks once a call, never per step."""
+    return compiled_function("npylstm.gpu", _modules, _functions, KERNEL_FILE, NAME_EXPRESSIONS,
+                             f"npylstm::{name}{version}<{TYPE_NAMES[np.dtype(dtype)]}>")
 
 
 # ------------------------------------------------------------------------------------------------ launches
-# The seam between Python and the kernels: each takes validated, contiguous CuPy arrays and fills the
-# outputs it is given. Arguments the kernel may take as null are Optional.
-def launch_forward(kernel, Ax, x, W_x, b, H_prev, W_h, C_prev, gates, C, tanh_C, H):
-    """The dispatcher: one forward step of kernel version `kernel` into gates (N, 4H), C, tanh_C, H (N, H).
+# The seam between Python and the kernels. A dispatcher takes the version and what a call fixes (weights,
+# batch size), looks the kernel up, computes the launch shape and allocates the version's own buffers once,
+# and returns a step function that makes only that version's launches. A version that owns a whole
+# sequence would get its own branch in _sequence_forward / _sequence_backward instead.
+def _arg(a):
+    """A kernel argument that may be null."""
+    return NULL if a is None else a
 
-    Ax (N, 4H) = X W_x + b when the input product was hoisted (a sequence); else None and x (N, D),
-    W_x (D, 4H), b (4H,) are given (a lone cell step).
+
+def _blocks1(count):
+    """Version 1's grid: one thread per element, THREADS1 a block."""
+    return (max(1, math.ceil(count / THREADS1)),)
+
+
+def forward_step(kernel, W_h, N, lone=None):
+    """The forward dispatcher: a step of version `kernel` for batch size N and weights W_h (H, 4H).
+
+    Returns step(Ax, mask, H_prev, C_prev, gates, C, tanh_C, H_out): Ax (N, 4H) = X W_x + b of the step,
+    mask (N,) 0/1 in the data dtype or None, H_prev, C_prev (N, H); writes gates (N, 4H) and C, tanh_C,
+    H_out (N, H), which must not alias H_prev, C_prev.
+    lone : (x (N, D), W_x (D, 4H), b (4H,)) for a lone cell step, whose Ax is then None: version 1 forms
+    X W_x + b with cuBLAS first, version 2 inside its kernel.
     """
-    check_kernel("npylstm.gpu.launch_forward", kernel)
-    N, Hn = C.shape
+    xp, dtype, Hn = _xp(W_h), W_h.dtype, W_h.shape[0]
+    kernel = resolve_kernel("npylstm.gpu.forward_step", kernel, N, Hn)
     if kernel == 1:
-        if Ax is None:
-            Ax = x @ W_x
-            Ax += b
-        Ah = H_prev @ W_h                                         # cuBLAS
-        get_function("lstm_forward_kernel", 1, C.dtype)(
-            (max(1, math.ceil(N * Hn / THREADS1)),), (THREADS1,),
-            (Ax, Ah, C_prev, gates, C, tanh_C, H, np.int32(N), np.int32(Hn)))
-    elif kernel == 2:
-        inputs, D = ((NULL, x, W_x, b), x.shape[1]) if Ax is None else ((Ax, NULL, NULL, NULL), 0)
-        get_function("lstm_forward_kernel", 2, C.dtype)(
-            (math.ceil(Hn / TJ), math.ceil(N / TN)), (TJ, TN),
-            (*inputs, H_prev, W_h, C_prev, gates, C, tanh_C, H, np.int32(N), np.int32(D), np.int32(Hn)))
+        f, grid, sizes = get_function("lstm_forward_kernel", 1, dtype), _blocks1(N * Hn), (np.int32(N), np.int32(Hn))
+        Ah = _empty(xp, (N, 4 * Hn), dtype)                 # A_h = H_prev W_h, rewritten every step
+        Ax_lone = None if lone is None else _empty(xp, (N, 4 * Hn), dtype)
+
+        def step(Ax, mask, H_prev, C_prev, gates, C, tanh_C, H_out):
+            if lone is not None:
+                x, W_x, b = lone
+                Ax = Ax_lone
+                xp.matmul(x, W_x, out=Ax)                   # A_x = X W_x + b
+                xp.add(Ax, b, out=Ax)
+            xp.matmul(H_prev, W_h, out=Ah)                  # cuBLAS
+            f(grid, (THREADS1,), (Ax, Ah, _arg(mask), H_prev, C_prev, gates, C, tanh_C, H_out, *sizes))
+        return step
+    if kernel == 2:
+        f = get_function("lstm_forward_kernel", 2, dtype)
+        x, W_x, b = (NULL, NULL, NULL) if lone is None else lone
+        D = 0 if lone is None else x.shape[1]
+        grid, sizes = (math.ceil(Hn / TJ), math.ceil(N / TN)), (np.int32(N), np.int32(D), np.int32(Hn))
+
+        def step(Ax, mask, H_prev, C_prev, gates, C, tanh_C, H_out):
+            f(grid, (TJ, TN), (_arg(Ax), x, W_x, b, _arg(mask), H_prev, W_h, C_prev, gates, C, tanh_C, H_out, *sizes))
+        return step
+    raise AssertionError(f"version {kernel} passed check_kernel but has no forward branch")
 
 
-def launch_backward(kernel, dH, dY, dC, gates, tanh_C, C_prev, W_h, W_x, dA, dC_prev, dH_prev, dx):
-    """The dispatcher: one backward step into dA (N, 4H), dC_prev, dH_prev (N, H) and, when W_x is given, dx (N, D).
+def backward_step(kernel, W_h, N, masked=False, W_x=None):
+    """The backward dispatcher: returns (step, finish) for version `kernel`, batch size N, weights W_h (H, 4H).
 
-    dH_t = dH + dY (dY may be None). dH_prev, dC_prev must be other buffers than dH, dC.
+    step(dH, dY, dC, mask, gates, tanh_C, C_prev, dA, dC_prev, dH_prev, dx=None): dH_t = dH + dY (dY may be
+    None); writes dA (N, 4H), dC_prev, dH_prev (N, H) and, with W_x (D, 4H) given (a lone step), dx (N, D).
+    dH_prev, dC_prev must be other buffers than dH, dC: the caller ping-pongs. mask as in forward_step.
+    finish(dH) -> dh0: the gradient on H_0 from the last step's dH_prev.
+    masked : whether the steps come with a mask. Version 1 then keeps the passed-through part of dH_prev
+    (dH_t on masked rows; the product dA W_hᵀ is 0 there) in a buffer of its own, which the next step's
+    kernel adds to its dH, and finish adds the last one.
     """
-    check_kernel("npylstm.gpu.launch_backward", kernel)
-    N, Hn = dC.shape
+    xp, dtype, Hn = _xp(W_h), W_h.dtype, W_h.shape[0]
+    kernel = resolve_kernel("npylstm.gpu.backward_step", kernel, N, Hn)
+    W_hT, W_xT = W_h.T, None if W_x is None else W_x.T
     if kernel == 1:
-        get_function("lstm_backward_kernel", 1, dC.dtype)(
-            (max(1, math.ceil(N * Hn / THREADS1)),), (THREADS1,),
-            (dH, NULL if dY is None else dY, dC, gates, tanh_C, C_prev, dA, dC_prev, np.int32(N), np.int32(Hn)))
-        _xp(dA).matmul(dA, W_h.T, out=dH_prev)                    # dH_prev = dA W_hᵀ (cuBLAS)
-        if W_x is not None:
-            _xp(dA).matmul(dA, W_x.T, out=dx)                     # dX = dA W_xᵀ
-    elif kernel == 2:
+        f, grid, sizes = get_function("lstm_backward_kernel", 1, dtype), _blocks1(N * Hn), (np.int32(N), np.int32(Hn))
+        direct = xp.zeros((N, Hn), dtype) if masked else None   # read, then rewritten, by every step
+
+        def step(dH, dY, dC, mask, gates, tanh_C, C_prev, dA, dC_prev, dH_prev, dx=None):
+            f(grid, (THREADS1,), (dH, _arg(direct), _arg(dY), dC, _arg(mask), gates, tanh_C, C_prev, dA, dC_prev,
+                                  _arg(direct), *sizes))
+            xp.matmul(dA, W_hT, out=dH_prev)                # forward: A = ... + H_prev W_h  ->  dH_prev = dA W_hᵀ
+            if W_xT is not None:
+                xp.matmul(dA, W_xT, out=dx)                 # forward: A = X W_x + ...  ->  dX = dA W_xᵀ
+
+        def finish(dH):
+            return dH if direct is None else dH + direct
+        return step, finish
+    if kernel == 2:
+        f = get_function("lstm_backward_kernel", 2, dtype)
         D = 0 if W_x is None else W_x.shape[0]
-        tiles = math.ceil(Hn / TJ) + math.ceil(D / TJ)
-        get_function("lstm_backward_kernel", 2, dC.dtype)(
-            (tiles, math.ceil(N / TN)), (TJ, TN),
-            (dH, NULL if dY is None else dY, dC, gates, tanh_C, C_prev, W_h, NULL if W_x is None else W_x,
-             dA, dC_prev, dH_prev, NULL if dx is None else dx, np.int32(N), np.int32(D), np.int32(Hn)))
+        grid = (math.ceil(Hn / TJ) + math.ceil(D / TJ), math.ceil(N / TN))
+        sizes = (np.int32(N), np.int32(D), np.int32(Hn))
+
+        def step(dH, dY, dC, mask, gates, tanh_C, C_prev, dA, dC_prev, dH_prev, dx=None):
+            f(grid, (TJ, TN), (dH, _arg(dY), dC, _arg(mask), gates, tanh_C, C_prev, W_h, _arg(W_x), dA, dC_prev,
+                               dH_prev, _arg(dx), *sizes))
+        return step, (lambda dH: dH)
+    raise AssertionError(f"version {kernel} passed check_kernel but has no backward branch")
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -247,9 +409,9 @@ class GPUCellCache(NamedTuple):
 
 def step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel=DEFAULT_KERNEL):
     """One LSTM step on the GPU; cell.step_forward's contract. x : (N, D), h_prev, c_prev : (N, H),
-    W_x : (D, 4H), W_h : (H, 4H), b : (4H,) -> H, C : (N, H), cache."""
+    W_x : (D, 4H), W_h : (H, 4H), b : (4H,) -> H, C : (N, H), cache. kernel : a version, or None (choose_kernel)."""
     where = "npylstm.gpu.step_forward"
-    kernel = check_kernel(where, kernel)
+    check_kernel(where, kernel)
     args = dict(x=x, h_prev=h_prev, c_prev=c_prev, W_x=W_x, W_h=W_h, b=b)
     _check_on_gpu(where, args)
     dtype = _check_arrays(where, args, dict(x=(None, None), h_prev=(None, None), c_prev=(None, None),
@@ -257,6 +419,8 @@ def step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel=DEFAULT_KERNEL):
     (N, D), Hn = x.shape, W_h.shape[0]
     _check_arrays(where, args, dict(x=(N, D), h_prev=(N, Hn), c_prev=(N, Hn), W_x=(D, 4 * Hn),
                                     W_h=(Hn, 4 * Hn), b=(4 * Hn,)))
+    kernel = resolve_kernel(where, kernel, N, Hn)
+    check_sizes(where, N, D, Hn, kernel)
     return _step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel, dtype)
 
 
@@ -265,7 +429,7 @@ def _step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel, dtype):
     N, Hn = h_prev.shape
     gates, tanh_C = _empty(xp, (N, 4 * Hn), dtype), _empty(xp, (N, Hn), dtype)
     C, H = _empty(xp, (N, Hn), dtype), _empty(xp, (N, Hn), dtype)
-    launch_forward(kernel, None, x, W_x, b, h_prev, W_h, c_prev, gates, C, tanh_C, H)
+    forward_step(kernel, W_h, N, lone=(x, W_x, b))(None, None, h_prev, c_prev, gates, C, tanh_C, H)
     return H, C, GPUCellCache(x, h_prev, c_prev, W_x, W_h, gates, tanh_C, kernel)
 
 
@@ -286,7 +450,8 @@ def _step_backward(dH, dC, cache):
     N, Hn = h_prev.shape
     dA = _empty(xp, (N, 4 * Hn), dtype)
     dh_prev, dc_prev, dx = _empty(xp, (N, Hn), dtype), _empty(xp, (N, Hn), dtype), _empty(xp, x.shape, dtype)
-    launch_backward(kernel, dH, None, dC, gates, tanh_C, c_prev, W_h, W_x, dA, dc_prev, dh_prev, dx)
+    step, _ = backward_step(kernel, W_h, N, W_x=W_x)
+    step(dH, None, dC, None, gates, tanh_C, c_prev, dA, dc_prev, dh_prev, dx)
     # forward: A = X W_x + H_prev W_h + b  ->  dW_x = Xᵀ dA, dW_h = H_prevᵀ dA, db = Σ_n dA
     return dx, dh_prev, dc_prev, x.T @ dA, h_prev.T @ dA, dA.sum(axis=0)
 
@@ -300,15 +465,28 @@ class GPUSequenceCache(NamedTuple):
     Cs: object                # (T+1, N, H)  C_0 .. C_T
     gates: object             # (T, N, 4H)   [ I | F | C_tilde | O ] of every step
     tanh_C: object            # (T, N, H)
-    mask: Optional[object]    # (T, N, 1) of 0/1 in the data dtype, or None
+    mask: Optional[object]    # (T, N) of 0/1 in the data dtype (the kernels' mask rows), or None
     kernel: int
+
+
+def check_mask(where, mask, T, N):
+    """mask : None or (T, N) booleans, NumPy or CuPy."""
+    if mask is not None and (getattr(mask, "dtype", None) != bool or tuple(mask.shape) != (T, N)):
+        raise ValueError(f"{where}: mask must be (T, N) = ({T}, {N}) booleans, got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+
+
+def mask_rows(xp, mask, dtype):
+    """The kernels' mask: (T, N) booleans -> (T, N) 0/1 of the data dtype on the device (one copy), or None."""
+    return None if mask is None else xp.array(mask, dtype=dtype, order="C")
 
 
 def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, kernel=DEFAULT_KERNEL):
     """sequence.sequence_forward on the GPU. x : (T, N, D), h0, c0 : (N, H), W_x : (D, 4H), W_h : (H, 4H),
-    b : (4H,), mask : (T, N) booleans (NumPy or CuPy) or None -> Y (T, N, H), h_T, c_T, cache."""
+    b : (4H,), mask : (T, N) booleans (NumPy or CuPy) or None -> Y (T, N, H), h_T, c_T, cache.
+    kernel : a version, or None (choose_kernel(N, H))."""
     where = "npylstm.gpu.sequence_forward"
-    kernel = check_kernel(where, kernel)
+    check_kernel(where, kernel)
     args = dict(x=x, h0=h0, c0=c0, W_x=W_x, W_h=W_h, b=b)
     _check_on_gpu(where, args)
     _check_arrays(where, args, dict(x=(None, None, None), h0=(None, None), c0=(None, None),
@@ -316,9 +494,11 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, kernel=DEFAULT_KERNEL):
     (T, N, D), Hn = x.shape, W_h.shape[0]
     _check_arrays(where, args, dict(x=(T, N, D), h0=(N, Hn), c0=(N, Hn), W_x=(D, 4 * Hn), W_h=(Hn, 4 * Hn),
                                     b=(4 * Hn,)))
-    if mask is not None:
-        if mask.dtype != bool or tuple(mask.shape) != (T, N):
-            raise ValueError(f"{where}: mask must be (T, N) = ({T}, {N}) booleans, got {mask.dtype} {tuple(mask.shape)}")
+    if T < 1:
+        raise ValueError(f"{where}: x has no time steps (T = 0)")
+    check_mask(where, mask, T, N)
+    kernel = resolve_kernel(where, kernel, N, Hn)
+    check_sizes(where, N, D, Hn, kernel)
     return _sequence_forward(x, h0, c0, W_x, W_h, b, mask, kernel)
 
 
@@ -326,21 +506,18 @@ def _sequence_forward(x, h0, c0, W_x, W_h, b, mask, kernel):
     xp, dtype = _xp(x), x.dtype
     T, N, D = x.shape
     Hn = W_h.shape[0]
-    Ax = (x.reshape(T * N, D) @ W_x).reshape(T, N, 4 * Hn)     # hoisted input product, one GEMM
-    Ax += b
+    Ax = _empty(xp, (T, N, 4 * Hn), dtype)
+    xp.matmul(x.reshape(T * N, D), W_x, out=Ax.reshape(T * N, 4 * Hn))   # hoisted input product, one GEMM
+    xp.add(Ax, b, out=Ax)
     Hs, Cs = _empty(xp, (T + 1, N, Hn), dtype), _empty(xp, (T + 1, N, Hn), dtype)
     Hs[0] = h0
     Cs[0] = c0
     gates, tanh_C = _empty(xp, (T, N, 4 * Hn), dtype), _empty(xp, (T, N, Hn), dtype)
-    m = keep = None
-    if mask is not None:
-        mask = xp.asarray(mask).reshape(T, N, 1)
-        m, keep = mask.astype(dtype), ~mask
+    m = mask_rows(xp, mask, dtype)
+    masks = [None] * T if m is None else m
+    step = forward_step(kernel, W_h, N)
     for t in range(T):
-        launch_forward(kernel, Ax[t], None, None, None, Hs[t], W_h, Cs[t], gates[t], Cs[t + 1], tanh_C[t], Hs[t + 1])
-        if keep is not None:                                    # masked rows keep (H, C) of the step before
-            xp.copyto(Hs[t + 1], Hs[t], where=keep[t])
-            xp.copyto(Cs[t + 1], Cs[t], where=keep[t])
+        step(Ax[t], masks[t], Hs[t], Cs[t], gates[t], Cs[t + 1], tanh_C[t], Hs[t + 1])
     cache = GPUSequenceCache(x, W_x, W_h, Hs, Cs, gates, tanh_C, m, kernel)
     return Hs[1:], Hs[T].copy(), Cs[T].copy(), cache
 
@@ -365,32 +542,27 @@ def _sequence_backward(dY, dh_T, dc_T, cache):
     T, N, D = x.shape
     Hn = W_h.shape[0]
     dA = _empty(xp, (T, N, 4 * Hn), dtype)                      # every step's dA, for the products after the loop
-    dH = [xp.array(dh_T, dtype=dtype), _empty(xp, (N, Hn), dtype)]   # ping-pong: a step reads one, writes the other
-    dC = [xp.array(dc_T, dtype=dtype), _empty(xp, (N, Hn), dtype)]
-    cur = 0
-    for t in range(T - 1, -1, -1):
-        dh, dc, dy = dH[cur], dC[cur], dY[t]
-        if m is not None:                                      # a masked step passes dH, dC through untouched
-            dh = dh + dy                                       # dH_t = dY_t + dH coming back from t+1
-            dh_through, dc_through = dh * (1 - m[t]), dc * (1 - m[t])
-            dh, dc, dy = dh * m[t], dc * m[t], None
-        launch_backward(kernel, dh, dy, dc, gates[t], tanh_C[t], Cs[t], W_h, None, dA[t], dC[1 - cur], dH[1 - cur], None)
-        if m is not None:
-            dH[1 - cur] += dh_through
-            dC[1 - cur] += dc_through
-        cur = 1 - cur
+    dHs = (_empty(xp, (N, Hn), dtype), _empty(xp, (N, Hn), dtype))   # ping-pong: a step reads one, writes the
+    dCs = (_empty(xp, (N, Hn), dtype), _empty(xp, (N, Hn), dtype))   # other; the first reads dh_T, dc_T
+    masks = [None] * T if m is None else m
+    step, finish = backward_step(kernel, W_h, N, masked=m is not None)
+    dh, dc = dh_T, dc_T
+    for i, t in enumerate(range(T - 1, -1, -1)):
+        step(dh, dY[t], dc, masks[t], gates[t], tanh_C[t], Cs[t], dA[t], dCs[i % 2], dHs[i % 2])
+        dh, dc = dHs[i % 2], dCs[i % 2]
     # forward: A = X W_x + H_prev W_h + b, all steps at once  ->  one product each
     dA2 = dA.reshape(T * N, 4 * Hn)
     dW_x = x.reshape(T * N, D).T @ dA2
     dW_h = Hs[:T].reshape(T * N, Hn).T @ dA2
     db = dA2.sum(axis=0)
     dx = (dA2 @ W_x.T).reshape(T, N, D)
-    return dx, dH[cur], dC[cur], dW_x, dW_h, db
+    return dx, finish(dh), dc, dW_x, dW_h, db
 
 
 class Backend(NamedTuple):
-    """sequence.py's contract with the kernel version bound: what `LSTM(device="cuda")` calls."""
-    kernel: int = DEFAULT_KERNEL
+    """sequence.py's contract with the kernel version bound: what `LSTM(device="cuda")` calls.
+    kernel None: choose_kernel(N, H) picks per call."""
+    kernel: Optional[int] = DEFAULT_KERNEL
 
     # work: unused here; CuPy's memory pool already hands the same device buffers back call after call
     def sequence_forward(self, x, h0, c0, W_x, W_h, b, mask=None, work=None):

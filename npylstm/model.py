@@ -11,6 +11,8 @@ tensor, it passes each layer's state in the layer's own form (LSTM: (h, c); GRU:
 Recurrent.state_names), so one loop serves both cells and any mix of them.
 
 Stateful contract (Keras `stateful=True`, PyTorch's detached (h_n, c_n) fed back):
+* a model is stateful when its recurrent layers are: build them with stateful=True. Sequential never
+  changes the layers it is given; a stateful= that contradicts them (or a mix) is refused;
 * row i of batch k+1 continues row i of batch k, so the batch size is locked by the first call and a
   different one is refused (reset_states(batch_size=n) starts over with n rows);
 * fit resets the state at the start of every epoch, refuses shuffle=True and a last partial batch;
@@ -19,17 +21,30 @@ Stateful contract (Keras `stateful=True`, PyTorch's detached (h_n, c_n) fed back
 Every public method validates all of its arguments before it changes anything: a refused call leaves
 weights, optimizer state and carried state as they were.
 
+Outputs: predict returns what the head computes. For loss="cross_entropy" those are logits (the loss
+applies the softmax itself, in one overflow-safe step, as PyTorch's CrossEntropyLoss does, and the
+argmax is the same); predict_proba returns the softmax probabilities, as a Keras model with a softmax
+output would.
+
+Parameters: state_dict() / load_state_dict(sd) over every layer, keys '<layer index>.<name>'
+('0.W_x_l0', '2.W'). Copy and pickle work (the layers and the optimizer are copied).
+
 Checkpoints: model.save(path) and npylstm.load(path), in checkpoint.py.
 """
 
+from __future__ import annotations
+
 import math
+import os
 import sys
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .checks import as_float_array, check_positive_int
+from .checks import IncompatibleKeys, as_float_array, check_bool, check_positive_int, check_seed, load_params
 from .layers import Linear
-from .losses import accuracy, class_targets, cross_entropy_loss, mse_loss
+from .losses import accuracy, class_targets, cross_entropy_loss, log_softmax, mse_loss
 from .gru import GRU
 from .lstm import LSTM
 from .recurrent import Recurrent
@@ -40,18 +55,24 @@ LOSSES = {"mse": mse_loss, "cross_entropy": cross_entropy_loss}
 
 class Sequential:
     """Stacked recurrent layers (LSTM or GRU, each its own hidden size), optionally followed by one
-    Linear head.
+    Linear head, trained Keras-style: compile, fit, evaluate, predict, predict_proba, generate, save.
+
+        x (N, T, D)  ->  (N, out), or (N, T, out) with return_sequences     (batch-first, as in Keras)
 
     layers           : [RNN, ..., RNN] or [RNN, ..., RNN, Linear], each RNN an LSTM or a GRU (mixing
-                       allowed); any batch_first setting (the model feeds each layer its layout).
+                       allowed); any batch_first setting (the model feeds each layer its layout). The
+                       model holds these objects: training updates them.
     return_sequences : False -- the last step's output (N, H) goes to the head: out[:, -1, :] -> Linear;
                        True  -- every step's (N, T, H), the head applied at every step.
-    stateful         : make every recurrent layer stateful (a model is also stateful if any layer passed is).
+    stateful         : None (default) -- stateful when the recurrent layers are (all of them, or none);
+                       True / False -- must agree with every recurrent layer (the layers are not changed:
+                       build them with stateful=True).
     seed             : seeds the shuffling of fit (the order of epoch e is drawn from (seed, e), so a
                        resumed run shuffles as the uninterrupted one); None draws one.
     """
 
-    def __init__(self, layers, *, return_sequences=False, stateful=False, seed=None):
+    def __init__(self, layers: Sequence[Any], *, return_sequences: bool = False, stateful: Optional[bool] = None,
+                 seed: Optional[int] = None):
         where = "Sequential"
         if not isinstance(layers, (list, tuple)) or not layers:
             raise ValueError(f"{where}: layers must be a non-empty list of LSTM/GRU layers and an optional Linear head")
@@ -72,10 +93,23 @@ class Sequential:
             if n_in != size:
                 raise ValueError(f"{where}: layers[{i}] takes {n_in} features, but the layer before gives {size}")
             size = layer.hidden_size if isinstance(layer, Recurrent) else layer.out_features
+        seed = check_seed(where, "seed", seed)
         if seed is None:
             seed = int(np.random.default_rng().integers(2**63))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
+        return_sequences = check_bool(where, "return_sequences", return_sequences)
+        rnns = [(i, layer) for i, layer in enumerate(layers) if isinstance(layer, Recurrent)]
+        if stateful is None:
+            stateful = rnns[0][1].stateful
+            for i, layer in rnns:
+                if layer.stateful != stateful:
+                    raise ValueError(f"{where}: layers[0] has stateful={stateful} but layers[{i}] has "
+                                     f"stateful={layer.stateful}: a model's recurrent layers are all stateful or none")
+        stateful = check_bool(where, "stateful", stateful)
+        for i, layer in rnns:
+            if layer.stateful != stateful:
+                raise ValueError(f"{where}: stateful={stateful} but layers[{i}] ({layer.name}) has stateful="
+                                 f"{layer.stateful}: build the layers with stateful={stateful} (Sequential does not "
+                                 f"change the layers it is given), or leave stateful unset to take it from them")
         locked = {layer._batch_size for layer in layers
                   if isinstance(layer, Recurrent) and layer._batch_size is not None}
         if len(locked) > 1:
@@ -84,10 +118,8 @@ class Sequential:
         self.layers = layers
         self.rnns = [layer for layer in layers if isinstance(layer, Recurrent)]   # LSTM and GRU layers, bottom up
         self.head = layers[-1] if isinstance(layers[-1], Linear) else None
-        self.return_sequences = bool(return_sequences)
-        self.stateful = bool(stateful) or any(layer.stateful for layer in self.rnns)
-        for layer in self.rnns:
-            layer.stateful = self.stateful
+        self.return_sequences = return_sequences
+        self.stateful = stateful
         self.seed = int(seed)
         self.dtype = dtypes.pop()
         self.input_size = layers[0].input_size
@@ -101,24 +133,35 @@ class Sequential:
 
     # ------------------------------------------------------------------ parameters and state
     @property
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         """Every parameter, keyed '<layer index>.<name>' (e.g. '0.W_x_l0', '2.W'): the arrays themselves."""
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
 
     @property
-    def grads(self):
+    def grads(self) -> dict[str, np.ndarray]:
         """Every gradient, keyed as params."""
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every layer's gradients to zero."""
         for layer in self.layers:
             layer.zero_grad()
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
+        """How many numbers the parameters of every layer hold."""
         return sum(layer.num_parameters() for layer in self.layers)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter as NumPy arrays, keyed as params: '<layer index>.<name>' ('0.W_x_l0')."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.state_dict().items()}
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
+        """Copy every parameter in from `state_dict` (keys as state_dict gives them), checked as
+        LSTM.load_state_dict checks: a ValueError names the key, and no layer changes on refusal."""
+        return load_params("Sequential.load_state_dict", self.params, state_dict, strict)
+
     @property
-    def batch_size(self):
+    def batch_size(self) -> Optional[int]:
         """Stateful mode: the batch size the model is locked to (None until the first call)."""
         return self._batch_size
 
@@ -160,7 +203,7 @@ class Sequential:
             raise
         self._batch_size = sizes.pop()
 
-    def reset_states(self, rows=None, *, batch_size=None):
+    def reset_states(self, rows: Optional[ArrayLike] = None, *, batch_size: Optional[int] = None) -> None:
         """Stateful mode: zero the carried state of every layer.
 
         rows       : (N,) booleans -- zero only those rows (their sequences ended, new ones start there).
@@ -187,8 +230,9 @@ class Sequential:
             self._batch_size = batch_size
 
     # ------------------------------------------------------------------ compile
-    def compile(self, loss="mse", optimizer=None, clip_norm=None):
-        """loss: "mse" | "cross_entropy"; optimizer: SGD / Adam instance (default Adam()); clip_norm: None or > 0."""
+    def compile(self, loss: str = "mse", optimizer: Any = None, clip_norm: Optional[float] = None) -> "Sequential":
+        """Set the loss ("mse" | "cross_entropy"), the optimizer (an SGD / Adam instance; default Adam())
+        and gradient clipping (clip_norm: None, or the largest global L2 norm). Returns self."""
         where = "Sequential.compile"
         if loss not in LOSSES:
             raise ValueError(f"{where}: loss must be one of {sorted(LOSSES)}, got {loss!r}")
@@ -205,48 +249,52 @@ class Sequential:
         return self
 
     # ------------------------------------------------------------------ validation
-    def _check_x(self, where, x, mask=None):
-        x = as_float_array(where, "x", x, self.dtype)
+    def _check_x(self, where, x, mask=None, names=("x", "mask")):
+        """x (N, T, D) and mask (N, T) or None, checked; `names` are what the messages call them."""
+        xn, mn = names
+        x = as_float_array(where, xn, x, self.dtype)
         if x.ndim != 3:
-            raise ValueError(f"{where}: x must be batch-first (N, T, D), got shape {tuple(x.shape)}")
+            raise ValueError(f"{where}: {xn} must be batch-first (N, T, D), got shape {tuple(x.shape)}")
         N, T, D = x.shape
         if D != self.input_size:
-            raise ValueError(f"{where}: x has {D} features, expected {self.input_size}")
+            raise ValueError(f"{where}: {xn} has {D} features, expected {self.input_size}")
         if N < 1 or T < 1:
-            raise ValueError(f"{where}: x has shape {tuple(x.shape)}: needs at least one row and one step")
+            raise ValueError(f"{where}: {xn} has shape {tuple(x.shape)}: needs at least one row and one step")
         if mask is not None:
             mask = np.asarray(mask)
             if mask.dtype != bool:
-                raise ValueError(f"{where}: mask must be booleans (True = real step), got dtype {mask.dtype}")
+                raise ValueError(f"{where}: {mn} must be booleans (True = real step), got dtype {mask.dtype}")
             if mask.shape != (N, T):
-                raise ValueError(f"{where}: mask has shape {tuple(mask.shape)}, expected (N, T) = {(N, T)}")
+                raise ValueError(f"{where}: {mn} has shape {tuple(mask.shape)}, expected (N, T) = {(N, T)}")
         return np.ascontiguousarray(x), mask
 
-    def _check_y(self, where, y, N, T):
+    def _check_y(self, where, y, N, T, names=("x", "y")):
+        """The targets for N rows of T steps, checked against the loss; `names` as in _check_x."""
+        xn, yn = names
         lead = (N, T) if self.return_sequences else (N,)
         out = self.output_size
         if not hasattr(y, "shape"):
             y = np.asarray(y)
         if y.ndim == 0 or y.shape[0] != N:
             got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
-            raise ValueError(f"{where}: x has {N} rows but y has {got}: one target per sample")
+            raise ValueError(f"{where}: {xn} has {N} rows but {yn} has {got}: one target per sample")
         if self.loss == "cross_entropy":
             if y.dtype.kind in "iu":
-                class_targets(where, y, lead + (out,))                 # checks shape and class range
+                class_targets(where if yn == "y" else f"{where}: {yn}", y, lead + (out,))  # shape, class range
                 return np.asarray(y)
             if y.dtype.kind != "f":
-                raise ValueError(f"{where}: y must be integer class ids or float one-hot rows for "
+                raise ValueError(f"{where}: {yn} must be integer class ids or float one-hot rows for "
                                  f"cross_entropy, got dtype {y.dtype}")
-            y = as_float_array(where, "y", y, self.dtype)
+            y = as_float_array(where, yn, y, self.dtype)
         else:
             if y.dtype.kind != "f":
-                raise ValueError(f"{where}: y must be a real floating array for mse, got dtype {y.dtype} "
+                raise ValueError(f"{where}: {yn} must be a real floating array for mse, got dtype {y.dtype} "
                                  f"(class ids belong with loss='cross_entropy')")
-            y = as_float_array(where, "y", y, self.dtype)
+            y = as_float_array(where, yn, y, self.dtype)
             if out == 1 and tuple(y.shape) == lead:
                 y = y[..., None]
         if tuple(y.shape) != lead + (out,):
-            raise ValueError(f"{where}: y has shape {tuple(y.shape)}, expected {lead + (out,)}"
+            raise ValueError(f"{where}: {yn} has shape {tuple(y.shape)}, expected {lead + (out,)}"
                              f"{' (return_sequences: one target per step)' if self.return_sequences else ''}")
         return np.ascontiguousarray(y)
 
@@ -277,15 +325,17 @@ class Sequential:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError(f"{where}: validation_data must be (x_val, y_val) or (x_val, y_val, mask_val)")
         xv, yv, mv = (*validation_data, None)[:3]
-        xv, mv = self._check_x(where, xv, mv)
-        yv = self._check_y(where, yv, xv.shape[0], xv.shape[1])
+        names = ("validation_data[0]", "validation_data[1]", "validation_data[2]")
+        xv, mv = self._check_x(where, xv, mv, names[0::2])
+        yv = self._check_y(where, yv, xv.shape[0], xv.shape[1], names[:2])
         return xv, yv, mv
 
     # ------------------------------------------------------------------ forward / backward
-    def __call__(self, x, mask=None):
+    def __call__(self, x: ArrayLike, mask: Optional[ArrayLike] = None) -> np.ndarray:
+        """Same as forward."""
         return self.forward(x, mask)
 
-    def forward(self, x, mask=None):
+    def forward(self, x: ArrayLike, mask: Optional[ArrayLike] = None) -> np.ndarray:
         """x : (N, T, D), mask : (N, T) bool or None  ->  (N, out), or (N, T, out) with return_sequences.
 
         Stateful: starts from the carried state and carries the final one on. Keeps what backward needs.
@@ -315,7 +365,7 @@ class Sequential:
         self._last = (N, T)
         return out, final
 
-    def backward(self, dout):
+    def backward(self, dout: ArrayLike) -> np.ndarray:
         """dout : the output's shape  ->  dx : (N, T, D); adds every layer's parameter gradients to grads.
 
         Truncated BPTT: the incoming state of a stateful call is a constant, nothing flows into it.
@@ -366,7 +416,7 @@ class Sequential:
         self.optimizer.step(self.params, grads)
         return loss, weight, correct
 
-    def train_on_batch(self, x, y, mask=None):
+    def train_on_batch(self, x: ArrayLike, y: ArrayLike, mask: Optional[ArrayLike] = None) -> float:
         """One optimizer step on one batch; returns the batch loss. Stateful: carries the state on."""
         where = "Sequential.train_on_batch"
         self._check_compiled(where)
@@ -376,7 +426,9 @@ class Sequential:
             self._check_batches(where, x.shape[0], x.shape[0])
         return self._train_step(x, y, mask)[0]
 
-    def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, mask=None, progress=True):
+    def fit(self, x: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: Optional[int] = 32, shuffle: bool = True,
+            validation_data: Optional[tuple] = None, mask: Optional[ArrayLike] = None,
+            progress: bool = True) -> dict[str, list[float]]:
         """Train; returns history {"loss": [...], "val_loss": [...], "accuracy": [...], "val_accuracy": [...]}.
 
         x : (N, T, D); y : (N, out) or (N, T, out) (cross_entropy: class ids (N,) / (N, T) or one-hot);
@@ -390,6 +442,8 @@ class Sequential:
         N, T = x.shape[:2]
         y = self._check_y(where, y, N, T)
         epochs = check_positive_int(where, "epochs", epochs)
+        shuffle = check_bool(where, "shuffle", shuffle)
+        progress = check_bool(where, "progress", progress)
         if self.stateful and shuffle:
             raise ValueError(
                 f"{where}: shuffle=True is refused for a stateful model: row i of batch k+1 must continue row i "
@@ -438,20 +492,39 @@ class Sequential:
         return history
 
     # ------------------------------------------------------------------ inference
-    def predict(self, x, batch_size=None, mask=None):
-        """x : (N, T, D) -> (N, out), or (N, T, out) with return_sequences.
+    def predict(self, x: ArrayLike, batch_size: Optional[int] = None,
+                mask: Optional[ArrayLike] = None) -> np.ndarray:
+        """x : (N, T, D) -> (N, out), or (N, T, out) with return_sequences: what the head computes.
 
+        For loss="cross_entropy" these are logits (unnormalised log-probabilities; their argmax is the
+        predicted class): predict_proba gives the probabilities.
         batch_size: None = all rows at once (stateful: the locked batch size). Stateful: batches run in
         order from the carried state, which they update (as Keras's predict).
         """
-        where = "Sequential.predict"
+        return self._predict("Sequential.predict", x, batch_size, mask)
+
+    def predict_proba(self, x: ArrayLike, batch_size: Optional[int] = None,
+                      mask: Optional[ArrayLike] = None) -> np.ndarray:
+        """Class probabilities softmax(predict(x)) over the last axis: (N, C), or (N, T, C); rows sum to 1.
+
+        Needs a model compiled with loss="cross_entropy" (for mse the outputs are values, not scores).
+        batch_size, mask and the stateful behaviour are predict's.
+        """
+        where = "Sequential.predict_proba"
+        if self.loss != "cross_entropy":
+            raise ValueError(f"{where}: needs a model compiled with loss='cross_entropy' (its outputs are class "
+                             f"scores), this one has loss={self.loss!r}: use predict")
+        return np.exp(log_softmax(self._predict(where, x, batch_size, mask)))
+
+    def _predict(self, where, x, batch_size, mask):
         x, mask = self._check_x(where, x, mask)
         bs = self._check_batches(where, x.shape[0], batch_size)
         outs = [self._forward(x[s:s + bs], None if mask is None else mask[s:s + bs])[0]
                 for s in range(0, x.shape[0], bs)]
         return np.concatenate(outs, axis=0)
 
-    def evaluate(self, x, y, batch_size=None, mask=None):
+    def evaluate(self, x: ArrayLike, y: ArrayLike, batch_size: Optional[int] = None,
+                 mask: Optional[ArrayLike] = None) -> dict[str, float]:
         """{"loss": mean over every sample (element), "accuracy": ... (cross_entropy only)}; batches as predict."""
         where = "Sequential.evaluate"
         self._check_compiled(where)
@@ -472,7 +545,7 @@ class Sequential:
             res["accuracy"] = correct / weight if weight else 0.0
         return res
 
-    def generate(self, seed_sequence, steps):
+    def generate(self, seed_sequence: ArrayLike, steps: int) -> np.ndarray:
         """Run seed_sequence (T0, D), then feed each prediction back as the next input, carrying the state.
 
         returns (steps, D): the predictions. A cross_entropy model feeds back (and returns) the one-hot of
@@ -508,7 +581,7 @@ class Sequential:
                 f"seed={self.seed})")
 
     # ------------------------------------------------------------------ checkpoints
-    def config(self):
+    def config(self) -> dict:
         """The architecture and training settings, JSON-ready."""
         layers = []
         for layer in self.layers:
@@ -528,7 +601,7 @@ class Sequential:
                 "stateful": self.stateful, "seed": self.seed, "epochs_trained": self.epochs_trained,
                 "batch_size": self._batch_size}
 
-    def save(self, path, include_state=False):
+    def save(self, path: Union[str, "os.PathLike[str]"], include_state: bool = False) -> None:
         """Write config, weights, optimizer state (and, with include_state, the carried state) to one .npz.
 
         Atomic: written to a temporary file beside `path`, then os.replace'd over it. See checkpoint.py.

@@ -9,7 +9,10 @@ state_dict() holds everything step() reads besides the gradients (hyperparameter
 moment buffers), so a checkpoint restores an optimizer that continues bit for bit.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -33,7 +36,7 @@ def _check_hyper(where, name, v, lo=0.0, hi=math.inf, lo_open=False, hi_open=Fal
     return float(v)
 
 
-def clip_grad_norm(grads, max_norm):
+def clip_grad_norm(grads: Mapping[str, Any], max_norm: float) -> float:
     """Scale every gradient in `grads` (in place) so that their global L2 norm is at most max_norm.
 
     returns the norm before clipping (a float).
@@ -50,14 +53,14 @@ def clip_grad_norm(grads, max_norm):
 class SGD:
     """Stochastic gradient descent with (heavy-ball) momentum: V = μ V + G, P -= lr V."""
 
-    def __init__(self, lr=0.01, momentum=0.0):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0):
         self.lr = _check_hyper("SGD", "lr", lr, lo_open=True)
         self.momentum = _check_hyper("SGD", "momentum", momentum, 0.0, 1.0, hi_open=True)
         self.t = 0              # steps taken
         self.velocity = {}      # key -> V, created at the first step
 
-    def step(self, params, grads):
-        """Update every params[k] in place from grads[k]."""
+    def step(self, params: Mapping[str, Any], grads: Mapping[str, Any]) -> None:
+        """Update every params[k] in place from grads[k] (the same keys and shapes)."""
         _check_pair("SGD.step", params, grads)
         self.t += 1
         for k, P in params.items():
@@ -72,11 +75,13 @@ class SGD:
             V += G
             P -= P.dtype.type(self.lr) * V                      # P -= lr V
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
+        """Hyperparameters, step count and velocity buffers (copies): what step() reads besides the gradients."""
         return {"type": "SGD", "lr": self.lr, "momentum": self.momentum, "t": self.t,
                 "buffers": {"velocity": {k: v.copy() for k, v in self.velocity.items()}}}
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d: dict) -> None:
+        """Restore what state_dict gave, checked completely first (a bad one changes nothing)."""
         _load_common(self, "SGD", d, ("lr", "momentum"), ("velocity",))
 
     def __repr__(self):
@@ -86,7 +91,7 @@ class SGD:
 class Adam:
     """Adam (Kingma & Ba) with bias correction, as PyTorch's torch.optim.Adam (no weight decay)."""
 
-    def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         where = "Adam"
         self.lr = _check_hyper(where, "lr", lr, lo_open=True)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -97,8 +102,8 @@ class Adam:
         self.m = {}             # key -> first moment M
         self.v = {}             # key -> second moment S
 
-    def step(self, params, grads):
-        """Update every params[k] in place from grads[k]."""
+    def step(self, params: Mapping[str, Any], grads: Mapping[str, Any]) -> None:
+        """Update every params[k] in place from grads[k] (the same keys and shapes)."""
         _check_pair("Adam.step", params, grads)
         self.t += 1
         b1, b2 = self.betas
@@ -116,12 +121,14 @@ class Adam:
             S += f(1.0 - b2) * (G * G)
             P -= f(self.lr) * (M / f(c1)) / (xp.sqrt(S / f(c2)) + f(self.eps))   # P -= lr M̂ / (√Ŝ + ε)
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
+        """Hyperparameters, step count and moment buffers (copies): what step() reads besides the gradients."""
         return {"type": "Adam", "lr": self.lr, "betas": list(self.betas), "eps": self.eps, "t": self.t,
                 "buffers": {"m": {k: a.copy() for k, a in self.m.items()},
                             "v": {k: a.copy() for k, a in self.v.items()}}}
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d: dict) -> None:
+        """Restore what state_dict gave, checked completely first (a bad one changes nothing)."""
         _load_common(self, "Adam", d, ("lr", "betas", "eps"), ("m", "v"))
 
     def __repr__(self):

@@ -12,8 +12,10 @@ only what differs:
     _run_forward           one layer's sequence forward:  (inp, states, params, mask, work) -> (Y, final states, cache)
     _run_backward          one layer's BPTT:             (dY, dstates, cache, work) -> (dx, dstates0, dparams)
                            (work: a dict per layer where the backend may keep its buffers between calls)
-    numpy_backend          the module _run_forward/_run_backward call on the CPU
+    _init_params(rng)      the layer's parameters, freshly drawn: {name: (shape) array}
+    _numpy_backend         the module _run_forward/_run_backward call on the CPU
     cuda_backend           kernel version -> the object they call on the GPU (None: CPU only)
+    _kernels               the module that knows the kernel versions (check_kernel, DEFAULT_KERNEL)
 
 With one state tensor the public API shows it bare (GRU: `y, h_n = gru(x, h0)`); with several, as a
 tuple (LSTM: `y, (h_n, c_n) = lstm(x, (h0, c0))`).
@@ -28,41 +30,65 @@ carried state but nothing flows into the calls before.
 
 Devices: `to("cuda")` moves parameters, gradients and carried state to the GPU (CuPy arrays) and swaps
 the backend; inputs are moved to the layer's device at the boundary, and masks stay on the host.
+
+Parameters: `params` maps names to arrays that the optimizers update in place. `state_dict()` copies
+them out as NumPy arrays; `load_state_dict(sd)` checks keys, shapes and dtypes and copies in place. An
+array put into `params` by hand is checked at the next forward (name, shape, dtype, device).
+
+Copy and pickle: the layer pickles as NumPy arrays (parameters, gradients, carried state) plus its
+device; unpickling a CUDA layer moves it back to the GPU (a RuntimeError from gpu.require_cuda where
+there is none). The cache of the last forward and the backend's work buffers are not kept: call
+forward again before backward.
 """
+
+from __future__ import annotations
+
+from typing import Any, Optional
 
 import numpy as np
 
 from . import gpu
-from .checks import as_float_array, check_dtype, check_positive_int, check_shape
+from .checks import (IncompatibleKeys, as_float_array, check_bool, check_device, check_dtype, check_params,
+                     check_positive_int, check_seed, check_shape, load_params)
 
 
 class Recurrent:
+    """What the LSTM and GRU layers share (see the module docstring); not used on its own."""
     name = "Recurrent"
     state_names = ("h",)       # the state tensors, in the order the API gives them
     state_arg = "h0"           # forward's state argument and backward's gradient argument, named in errors
     dstate_arg = "dh_n"
-    numpy_backend = None       # the subclass's sequence module
+    _numpy_backend = None      # the subclass's sequence module
     cuda_backend = None        # kernel -> GPU backend; None: this layer has no CUDA implementation
+    _kernels = gpu             # check_kernel and DEFAULT_KERNEL for this layer's CUDA kernels
 
-    def __init__(self, input_size, hidden_size, num_layers, batch_first, dtype, stateful):
+    def __init__(self, input_size, hidden_size, num_layers, batch_first, dtype, seed, stateful, device, kernel):
         where = self.name
         self.input_size = check_positive_int(where, "input_size", input_size)
         self.hidden_size = check_positive_int(where, "hidden_size", hidden_size)
         self.num_layers = check_positive_int(where, "num_layers", num_layers)
         self.dtype = check_dtype(where, dtype)
-        self.batch_first = bool(batch_first)
-        self.stateful = bool(stateful)
-        self.params = {}             # the subclass fills it, then calls self.to(device, kernel=kernel)
+        self.batch_first = check_bool(where, "batch_first", batch_first)
+        self.stateful = check_bool(where, "stateful", stateful)
+        seed = check_seed(where, "seed", seed)
+        check_device(where, device)
+        self.params = self._init_params(np.random.default_rng(seed))
+        self._shapes = {k: tuple(v.shape) for k, v in self.params.items()}
         self.grads = {}
         self.device, self.kernel, self._xp = "cpu", None, np
-        self._backend = self.numpy_backend
+        self._backend = self._numpy_backend
         self._caches = None          # per layer, from the last forward
         self._work = None            # per layer, buffers the backend reuses from call to call (set by `to`)
         self._call = None            # layout of the last forward: (unbatched, T, N)
         self._state = None           # stateful: a tuple of state tensors, each (L, N, H)
         self._batch_size = None      # stateful: locked by the first call
+        self.zero_grad()
+        self._move(where, device, kernel)
 
     # ------------------------------------------------------------------ what a subclass defines
+    def _init_params(self, rng):
+        raise NotImplementedError
+
     def _param_names(self, layer):
         raise NotImplementedError
 
@@ -73,10 +99,25 @@ class Recurrent:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ bookkeeping
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every gradient in `grads` to zero (backward adds to them, as in PyTorch)."""
         self.grads = {k: self._xp.zeros_like(v) for k, v in self.params.items()}
 
-    def reset_states(self, rows=None, *, batch_size=None):
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The parameters as NumPy arrays (copies, also for a CUDA layer), keyed as `params`: W_x_l0, ..."""
+        return {k: np.array(gpu.to_device(v, "cpu")) for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
+        """Copy parameters in from `state_dict` (keys as `params`; NumPy arrays, torch tensors or lists).
+
+        Every key, shape and dtype is checked before anything is copied: a ValueError names the key,
+        and the layer is unchanged. A float array of the other precision is cast to the layer's dtype
+        (float64 -> float32 rounds to nearest); integer, boolean and complex arrays are refused.
+        strict=False loads the keys that match and returns the others as (missing_keys, unexpected_keys).
+        """
+        return load_params(f"{self.name}.load_state_dict", self.params, state_dict, strict)
+
+    def reset_states(self, rows: Optional[Any] = None, *, batch_size: Optional[int] = None) -> None:
         """Stateful mode: zero the carried state.
 
         rows : (N,) booleans -- zero only those rows (their sequences ended); None -- all rows.
@@ -103,12 +144,12 @@ class Recurrent:
                 s[:, rows] = 0
 
     @property
-    def state(self):
+    def state(self) -> Any:
         """Stateful mode: the carried state ((h, c) for the LSTM, h for the GRU), each (L, N, H), or None."""
         return None if self._state is None else self._pack(self._state)
 
     @state.setter
-    def state(self, value):
+    def state(self, value: Any) -> None:
         """Stateful mode: set the carried state (copied), locking the batch size to its N; None clears it."""
         where = f"{self.name}.state"
         if value is None:
@@ -127,8 +168,9 @@ class Recurrent:
         self._batch_size = int(states[0].shape[1])
         self._state = tuple(s.copy() for s in states)
 
-    def num_parameters(self):
-        return sum(v.size for v in self.params.values())
+    def num_parameters(self) -> int:
+        """How many numbers the parameters hold."""
+        return int(sum(v.size for v in self.params.values()))
 
     def _pack(self, states):
         """A tuple of state tensors as the public API shows it: the tensor itself when there is one."""
@@ -150,6 +192,7 @@ class Recurrent:
         where = f"{self.name}.forward"
         L, H = self.num_layers, self.hidden_size
         xp = self._xp
+        check_params(where, self.params, self._shapes, self.dtype, xp.ndarray)
         x = gpu.to_device(as_float_array(where, "x", x, self.dtype), self.device)
         if x.ndim not in (2, 3):
             raise ValueError(f"{where}: x must have 3 dimensions ({self._layout()}) or 2 (T, D) for "
@@ -245,31 +288,78 @@ class Recurrent:
         return xp.ascontiguousarray(dx), self._pack(d0)
 
     # ------------------------------------------------------------------ device
-    def to(self, device, kernel=None):
-        """Move parameters, gradients and carried state to `device` ('cpu' or 'cuda'); returns self.
+    def to(self, device: str, kernel: Optional[int] = None) -> Recurrent:
+        """Move parameters, gradients and carried state to `device`; returns self.
 
-        kernel : the CUDA kernel version (npylstm.gpu.KERNEL_VERSIONS; None: gpu.DEFAULT_KERNEL); 'cuda' only.
+        device : 'cpu', 'cuda' or 'cuda:N' (N must be the current CUDA device: npylstm runs where CuPy
+                 does, device 0 unless you select another with cupy.cuda.Device(N).use()).
+        kernel : the CUDA kernel version (None: the default; LSTM: gpu.KERNEL_VERSIONS, GRU:
+                 gru_gpu.KERNEL_VERSIONS); only with a CUDA device.
         The cache of the last forward is dropped: call forward again before backward.
         """
-        where = f"{self.name}.to"
-        gpu.check_device(where, device)
+        return self._move(f"{self.name}.to", device, kernel)
+
+    def _move(self, where, device, kernel):
+        """`to`, with errors starting with `where` (the constructor says "LSTM: ...", `to` "LSTM.to: ...")."""
+        device, index = check_device(where, device)
         if device == "cpu":
             if kernel is not None:
                 raise ValueError(f"{where}: kernel selects a CUDA kernel version; it needs device='cuda'")
-            self._xp, self._backend = np, self.numpy_backend
+            xp, backend = np, self._numpy_backend
         else:
             if self.cuda_backend is None:
                 raise ValueError(f"{where}: the {self.name} has no CUDA backend yet; device must be 'cpu'")
-            kernel = gpu.check_kernel(where, gpu.DEFAULT_KERNEL if kernel is None else kernel)
-            self._xp, self._backend = gpu.require_cuda(where), self.cuda_backend(kernel)
+            kernel = self._kernels.check_kernel(where, self._kernels.DEFAULT_KERNEL if kernel is None else kernel)
+            xp = gpu.require_cuda(where)
+            if index is not None:
+                current = int(xp.cuda.runtime.getDevice())
+                if index != current:
+                    raise ValueError(f"{where}: device 'cuda:{index}' is not the current CUDA device ({current}): "
+                                     f"npylstm runs on the current device; select it first with "
+                                     f"cupy.cuda.Device({index}).use(), or pass device='cuda'")
+            backend = self.cuda_backend(kernel)
         move = (lambda a: gpu.to_device(a, device))
         self.params = {k: move(v) for k, v in self.params.items()}
         self.grads = {k: move(v) for k, v in self.grads.items()}
         if self._state is not None:
             self._state = tuple(move(s) for s in self._state)
+        self._xp, self._backend = xp, backend
         self.device, self.kernel, self._caches = device, kernel, None
         self._work = [{} for _ in range(self.num_layers)]
         return self
+
+    # ------------------------------------------------------------------ copy and pickle
+    def __getstate__(self):
+        """Everything but modules, backends, work buffers and the last forward's cache, on the host."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_xp", "_backend", "_work", "_caches", "_call")}
+        host = (lambda a: np.array(gpu.to_device(a, "cpu")))
+        state["params"] = {k: host(v) for k, v in self.params.items()}
+        state["grads"] = {k: host(v) for k, v in self.grads.items()}
+        if self._state is not None:
+            state["_state"] = tuple(host(s) for s in self._state)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        device, kernel = self.device, self.kernel
+        self.device, self.kernel, self._xp, self._backend = "cpu", None, np, self._numpy_backend
+        self._caches, self._call, self._work = None, None, [{} for _ in range(self.num_layers)]
+        if device != "cpu":
+            self._move(f"{self.name} (unpickled on device {device!r})", device, kernel)
+
+    # ------------------------------------------------------------------ interop
+    def to_torch_state_dict(self) -> dict:
+        """The weights keyed as torch.nn.LSTM / nn.GRU keys them; `nn.LSTM.load_state_dict(sd, strict=True)`
+        takes it as it is. torch tensors (CPU) when torch is importable (it is imported here, only here),
+        else NumPy arrays. See npylstm.interop for the mapping."""
+        from .interop import to_torch_state_dict
+        return to_torch_state_dict(self)
+
+    def to_keras(self) -> list:
+        """[kernel, recurrent_kernel, bias] as Keras 3's LSTM / GRU layer holds them (set_weights takes
+        the list); a one-layer LSTM or GRU only. See npylstm.interop for the mapping."""
+        from .interop import to_keras
+        return to_keras(self)
 
     def _layout(self):
         return "N, T, D" if self.batch_first else "T, N, D"

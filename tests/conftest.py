@@ -4,16 +4,23 @@ Hypothesis: when CI is set, Hypothesis itself loads its built-in `ci` profile (d
 derandomized, print_blob). We extend it, not replace it: `npylstm-ci` inherits every `ci` setting and
 is loaded instead when CI is set; `npylstm-dev` is the default profile without a deadline (BPTT
 examples vary a lot in cost). Tests that run BPTT also say deadline=None themselves, and set their own
-max_examples where an example is costly. HYPOTHESIS_PROFILE=<name> picks any profile.
+max_examples where an example is costly. `npylstm-gpu` is for the GPU check (benchmarks/gpu_check.sh), where
+the device time is short: `npylstm-ci` with few examples, no shrinking phase (a failing example is reported as
+drawn, at once, instead of being shrunk for minutes), no example database (nothing left behind, nothing
+replayed from an earlier run), the first failure ends a test. HYPOTHESIS_PROFILE=<name> picks any profile.
 """
 
 import os
 
 import numpy as np
-from hypothesis import settings
+from hypothesis import Phase, settings
+
+GPU_MAX_EXAMPLES = 8  # per Hypothesis test in the GPU check (test_gpu.py takes the smaller of this and its own)
 
 settings.register_profile("npylstm-ci", parent=settings.get_profile("ci"), deadline=None, derandomize=True)
 settings.register_profile("npylstm-dev", parent=settings.get_profile("default"), deadline=None)
+settings.register_profile("npylstm-gpu", parent=settings.get_profile("npylstm-ci"), max_examples=GPU_MAX_EXAMPLES,
+                          phases=(Phase.explicit, Phase.generate), database=None, report_multiple_bugs=False)
 if os.environ.get("HYPOTHESIS_PROFILE"):
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 elif os.environ.get("CI"):

@@ -38,19 +38,19 @@ def padding_mask(rng, N, T, padding):
     return t >= T - lengths[:, None] if padding == "pre" else t < lengths[:, None]
 
 
-def make_layer(spec, n_in, H, rng, num_layers=1, batch_first=True, dtype=np.float64):
+def make_layer(spec, n_in, H, rng, num_layers=1, batch_first=True, dtype=np.float64, stateful=False):
     seed = int(rng.integers(2**31))
     if spec == "lstm":
         return LSTM(n_in, H, num_layers=num_layers, batch_first=batch_first, dtype=dtype, seed=seed,
-                    forget_bias=1.0)
+                    forget_bias=1.0, stateful=stateful)
     return GRU(n_in, H, num_layers=num_layers, batch_first=batch_first, dtype=dtype, seed=seed,
-               reset_after=spec[1])
+               reset_after=spec[1], stateful=stateful)
 
 
 def build(rng, D, specs, sizes, num_layers0, batch_firsts, head_out, return_sequences, stateful, dtype=np.float64):
     layers, n_in = [], D
     for k, (spec, H, bf) in enumerate(zip(specs, sizes, batch_firsts)):
-        layers.append(make_layer(spec, n_in, H, rng, num_layers0 if k == 0 else 1, bf, dtype))
+        layers.append(make_layer(spec, n_in, H, rng, num_layers0 if k == 0 else 1, bf, dtype, stateful))
         n_in = H
     if head_out:
         layers.append(Linear(n_in, head_out, dtype=dtype, seed=int(rng.integers(2**31))))

@@ -15,8 +15,8 @@ from model_helpers import assert_same_params, stream
 
 
 def make_model(stateful=False, dtype=np.float32, head=True, return_sequences=False, seed=0, D=2):
-    layers = [LSTM(D, 5, batch_first=True, dtype=dtype, seed=seed + 1),
-              LSTM(5, 3, num_layers=2, dtype=dtype, seed=seed + 2, forget_bias=1.0)]
+    layers = [LSTM(D, 5, batch_first=True, dtype=dtype, seed=seed + 1, stateful=stateful),
+              LSTM(5, 3, num_layers=2, dtype=dtype, seed=seed + 2, forget_bias=1.0, stateful=stateful)]
     if head:
         layers.append(Linear(3, D, dtype=dtype, seed=seed + 3))
     return Sequential(layers, return_sequences=return_sequences, stateful=stateful, seed=seed + 4)

@@ -126,7 +126,9 @@ def test_one_hot_round_trips():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (lambda: make_windows(np.arange(5), 2), "real floating"),
+    (lambda: make_windows(np.arange(5) * 1j, 2), "series must hold real numbers"),
+    (lambda: make_windows(np.ones(5, bool), 2), "series must hold real numbers"),
+    (lambda: make_windows(np.ones(5), 2, dtype=np.int32), "dtype must be float32 or float64"),
     (lambda: make_windows(np.array([0.0, np.nan, 1.0, 2.0]), 2), "finite"),
     (lambda: make_windows(np.ones((2, 2, 2)), 1), r"\(S,\) or \(S, D\)"),
     (lambda: make_windows(np.ones(5), 0), "window must be a positive int"),
@@ -142,3 +144,22 @@ def test_one_hot_round_trips():
 def test_data_misuse(bad, match):
     with pytest.raises(ValueError, match=match):
         bad()
+
+
+@pytest.mark.parametrize("series, dtype, want", [
+    (np.arange(8), None, np.float32),                      # integer array -> float32 (the layers' default)
+    (list(range(8)), None, np.float32),                    # a list of numbers -> float32, as pad_sequences
+    ([0.5 * k for k in range(8)], None, np.float32),
+    (np.arange(8, dtype=np.int16), np.float64, np.float64),
+    (np.arange(8.0), None, np.float64),                    # a float array keeps its dtype
+    (np.arange(8, dtype=np.float32), np.float64, np.float64),
+])
+def test_integer_series_and_lists_are_windowed_as_floats(series, dtype, want):
+    values = np.asarray(series, np.float64)                # every value here is exact in float32
+    X, y = make_windows(series, 3, dtype=dtype)
+    assert X.dtype == want and y.dtype == want and X.shape == (5, 3, 1)
+    np.testing.assert_array_equal(X[:, :, 0], values[np.arange(5)[:, None] + np.arange(3)])
+    np.testing.assert_array_equal(y[:, 0], values[3:])
+    train, test = chronological_split(series, 0.25, dtype=dtype)
+    assert train.dtype == want and test.dtype == want and (len(train), len(test)) == (6, 2)
+    assert stream_batches(series, 1, 3, dtype=dtype).x.dtype == want

@@ -2,17 +2,28 @@
 
 Run from the repository root on the GPU machine (no install needed: pytest's pythonpath has "."):
 
-    python3 -m pytest -m gpu -q
+    HYPOTHESIS_PROFILE=npylstm-gpu python3 -m pytest -m gpu -q --maxfail=5
 
-and the small fixed-shape subset under compute-sanitizer (kernels compiled by NVRTC are covered):
+or, bounded in time with its verdicts in one place, `bash benchmarks/gpu_check.sh 1`, which also runs the
+small fixed-shape subset (`-k sanitize`) under compute-sanitizer's memcheck, racecheck, synccheck and initcheck
+with NPYLSTM_SANITIZE=1 and NPYLSTM_LINEINFO=1:
 
-    compute-sanitizer --tool memcheck  --error-exitcode 1 python3 -m pytest -q -m gpu -k sanitize tests/test_gpu.py
-    compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -m gpu -k sanitize tests/test_gpu.py
-    compute-sanitizer --tool initcheck --error-exitcode 1 python3 -m pytest -q -m gpu -k sanitize tests/test_gpu.py
+    NPYLSTM_SANITIZE=1 NPYLSTM_LINEINFO=1 compute-sanitizer --tool memcheck --error-exitcode 86 \
+        python3 -m pytest -q -m gpu -k sanitize tests/test_gpu.py
 
-Every output buffer is poisoned with NaN before each launch (gpu.POISON), so an element a kernel fails to
-write shows up as NaN. Importing CuPy succeeds without a GPU, so the skip asks cupy.is_available().
+NPYLSTM_SANITIZE=1 turns CuPy's memory pools off (every array is its own cudaMalloc, so memcheck sees its
+real bounds, not a 512-byte-rounded block of the pool; per-step views inside one array stay invisible to it:
+the CPU emulator checks each launch argument's bounds, tests/test_kernels_cpu.py) and the NaN poisoning off
+(so initcheck sees a kernel read memory nothing wrote). NPYLSTM_LINEINFO=1 makes the loader compile with
+-lineinfo, so a report names the .cu line.
+
+Otherwise every output buffer is poisoned with NaN before each launch (gpu.POISON), so an element a kernel
+fails to write shows up as NaN. Importing CuPy succeeds without a GPU, so the skip asks cupy.is_available().
+Hypothesis tests draw at most GPU_EXAMPLES examples, fewer when the profile says so (npylstm-gpu: no
+shrinking, so a failing test stops at once).
 """
+
+import os
 
 import numpy as np
 import pytest
@@ -22,6 +33,8 @@ from hypothesis import strategies as st
 from npylstm import LSTM, gpu
 from npylstm import sequence as numpy_backend
 from npylstm.cell import step_backward, step_forward
+
+from conftest import padding_mask
 
 
 def _gpu_usable():
@@ -34,6 +47,11 @@ def _gpu_usable():
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not _gpu_usable(), reason="no usable CUDA device (cupy.is_available() is False)")]
+SANITIZE = os.environ.get("NPYLSTM_SANITIZE") == "1"   # under compute-sanitizer: pools off, no poisoning
+if SANITIZE and _gpu_usable():
+    import cupy
+    cupy.cuda.set_allocator(None)
+    cupy.cuda.set_pinned_memory_allocator(None)
 
 F64_RTOL = 1e-12  # float64: cuBLAS / in-kernel sums in another order than NumPy's BLAS
 F32_RTOL = 1e-5   # float32 against a float64 reference on the same (float32) inputs; -ftz, fused FMA
@@ -49,12 +67,20 @@ SIZES_N = st.one_of(st.sampled_from([1, 2, 3, 7, 8, 9, 31, 32, 33, 64, 97, 256])
 SIZES_H = st.one_of(st.sampled_from([1, 2, 5, 13, 31, 32, 33, 127, 128, 257, 509, 512, 1000, 1024]),
                     st.integers(1, 1024))
 SIZES_D = st.one_of(st.sampled_from([1, 3, 31, 33, 64, 100]), st.integers(1, 1024))
-GPU_SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+GPU_EXAMPLES = 12
+GPU_SETTINGS = settings(max_examples=min(GPU_EXAMPLES, settings.default.max_examples), deadline=None,
+                        suppress_health_check=[HealthCheck.function_scoped_fixture])
+MASKS = st.sampled_from([None, "random", "pre", "post"])   # no mask, holes anywhere, padding before / after
 
 
 @pytest.fixture(autouse=True)
 def poisoned(monkeypatch):
-    monkeypatch.setattr(gpu, "POISON", True)
+    monkeypatch.setattr(gpu, "POISON", not SANITIZE)
+
+
+def _mask(rng, kind, T, N):
+    """(T, N) booleans or None: 'random' holes (70 % real), or 'pre' / 'post' padding (conftest.padding_mask)."""
+    return rng.random((T, N)) < 0.7 if kind == "random" else padding_mask(rng, T, N, kind)
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +163,13 @@ def test_step_matches_cell(cp, kernel, dtype, seed, N, D, H):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
 @GPU_SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 4), N=SIZES_N, D=SIZES_D, H=SIZES_H, masked=st.booleans())
+@given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 4), N=SIZES_N, D=SIZES_D, H=SIZES_H, masked=MASKS)
 def test_sequence_matches_sequence_py(cp, kernel, dtype, seed, T, N, D, H, masked):
     rng = np.random.default_rng(seed)
     (x, h0, c0), _ = _inputs(rng, dtype, (T, N, D), (N, H), (N, H))
     host = [x, h0, c0, *_weights(rng, dtype, D, H)]
     ref = [a.astype(np.float64) for a in host]
-    mask = rng.random((T, N)) < 0.7 if masked else None
+    mask = _mask(rng, masked, T, N)
     Y, h_T, c_T, cache = gpu.sequence_forward(*map(cp.asarray, host), mask=mask, kernel=kernel)
     Y_ref, h_ref, c_ref, cache_ref = numpy_backend.sequence_forward(*ref, mask=mask)
     for name, g, w in (("Y", Y, Y_ref), ("h_T", h_T, h_ref), ("c_T", c_T, c_ref)):
@@ -272,6 +298,8 @@ def test_gpu_functions_refuse_host_and_strided_arrays(cp):
 
 def test_module_is_compiled_once_and_cached(cp):
     assert gpu.get_module() is gpu.get_module()
+    f = gpu.get_function("lstm_forward_kernel", 2, np.float32)
+    assert gpu.get_function("lstm_forward_kernel", 2, np.float32) is f
 
 
 # ------------------------------------------------------------------------------------------ under compute-sanitizer
@@ -282,18 +310,19 @@ SANITIZE_SHAPES = [(1, 1, 1), (9, 40, 33), (33, 1, 100)]  # (N, D, H): single el
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
 def test_sanitize_every_kernel_path(cp, kernel, dtype, N, D, H):
-    """Fixed small shapes through every launch path (lone step and sequence, forward and backward, mask)."""
+    """Fixed small shapes through every launch path (lone step and sequence, forward and backward, with and
+    without a mask)."""
     rng = np.random.default_rng(N * 1000 + H)
     host = [rng.normal(size=s).astype(dtype) for s in ((2, N, D), (N, H), (N, H))] + _weights(rng, dtype, D, H)
     ref = [a.astype(np.float64) for a in host]
-    mask = rng.random((2, N)) < 0.5
-    Y, h_T, c_T, cache = gpu.sequence_forward(*map(cp.asarray, host), mask=mask, kernel=kernel)
-    dY = rng.normal(size=(2, N, H)).astype(dtype)
-    got = gpu.sequence_backward(cp.asarray(dY), h_T * 0 + 1, c_T * 0 + 1, cache)
-    _, _, _, cache_ref = numpy_backend.sequence_forward(*ref, mask=mask)
-    want = numpy_backend.sequence_backward(dY.astype(np.float64), np.ones((N, H)), np.ones((N, H)), cache_ref)
-    for name, g, w in zip(["dx", "dh0", "dc0", "dW_x", "dW_h", "db"], got, want):
-        _check(name, g, w, RTOL[dtype])
+    for mask in (None, rng.random((2, N)) < 0.5):
+        Y, h_T, c_T, cache = gpu.sequence_forward(*map(cp.asarray, host), mask=mask, kernel=kernel)
+        dY = rng.normal(size=(2, N, H)).astype(dtype)
+        got = gpu.sequence_backward(cp.asarray(dY), h_T * 0 + 1, c_T * 0 + 1, cache)
+        _, _, _, cache_ref = numpy_backend.sequence_forward(*ref, mask=mask)
+        want = numpy_backend.sequence_backward(dY.astype(np.float64), np.ones((N, H)), np.ones((N, H)), cache_ref)
+        for name, g, w in zip(["dx", "dh0", "dc0", "dW_x", "dW_h", "db"], got, want):
+            _check(name, g, w, RTOL[dtype])
     H1, C1, step_cache = gpu.step_forward(*map(cp.asarray, [host[0][0], *host[1:]]), kernel=kernel)
     H1_ref, _, step_cache_ref = step_forward(ref[0][0], *ref[1:])
     _check("H", H1, H1_ref, RTOL[dtype])
@@ -321,13 +350,13 @@ def _gru_weights(rng, dtype, D, H):
 @pytest.mark.parametrize("reset_after", RESET_AFTER)
 @pytest.mark.parametrize("kernel", gru_gpu.KERNEL_VERSIONS)
 @GPU_SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 4), N=SIZES_N, D=SIZES_D, H=SIZES_H, masked=st.booleans())
+@given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 4), N=SIZES_N, D=SIZES_D, H=SIZES_H, masked=MASKS)
 def test_gru_sequence_matches_gru_sequence_py(cp, kernel, reset_after, dtype, seed, T, N, D, H, masked):
     rng = np.random.default_rng(seed)
     host = [rng.normal(size=(T, N, D)).astype(dtype), rng.normal(size=(N, H)).astype(dtype),
             *_gru_weights(rng, dtype, D, H)]
     ref = [a.astype(np.float64) for a in host]
-    mask = rng.random((T, N)) < 0.7 if masked else None
+    mask = _mask(rng, masked, T, N)
     Y, h_T, cache = gru_gpu.gru_sequence_forward(*map(cp.asarray, host), reset_after=reset_after, mask=mask,
                                                  kernel=kernel)
     Y_ref, h_ref, cache_ref = gru_sequence.gru_sequence_forward(*ref, reset_after=reset_after, mask=mask)

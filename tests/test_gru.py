@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npylstm import (GRU, gru_from_keras, gru_from_torch, gru_sequence_backward, gru_sequence_forward,
-                     gru_step_backward, gru_step_forward, gru_to_keras, gru_to_torch_state_dict)
+from npylstm import (GRU, from_keras, from_torch, gru_sequence_backward, gru_sequence_forward, gru_step_backward,
+                     gru_step_forward, to_keras, to_torch_state_dict)
 from npylstm.gradcheck import numeric_gradient
 from npylstm.gru import gru_param_names
 
@@ -150,8 +150,8 @@ def test_matches_torch_gru(L, batch_first, dtype, rtol):
     module = torch_gru(D, H, L, batch_first, seed=L)
     tdtype = torch.float64 if dtype == np.float64 else torch.float32
     module = module.to(tdtype)
-    gru = gru_from_torch(module)
-    assert gru.dtype == dtype and gru.batch_first == batch_first and gru.num_layers == L
+    gru = from_torch(module)
+    assert isinstance(gru, GRU) and gru.dtype == dtype and gru.batch_first == batch_first and gru.num_layers == L
     x = rng.normal(size=(N, T, D) if batch_first else (T, N, D)).astype(dtype)
     h0 = rng.uniform(-1, 1, (L, N, H)).astype(dtype)
     dy = rng.normal(size=x.shape[:-1] + (H,)).astype(dtype)
@@ -181,18 +181,24 @@ def test_matches_torch_gru(L, batch_first, dtype, rtol):
 def test_torch_state_dict_round_trip_and_load():
     gru = GRU(3, 4, num_layers=2, dtype=np.float64, seed=1)
     sd = gru.to_torch_state_dict()
-    back = gru_from_torch(sd)
+    back = from_torch(sd)
     for k in gru.params:
         np.testing.assert_array_equal(back.params[k], gru.params[k])
     module = torch.nn.GRU(3, 4, num_layers=2).double()
-    module.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
+    module.load_state_dict(sd, strict=True)
     x = np.random.default_rng(0).normal(size=(5, 2, 3))
     assert_close("y", gru(x)[0], module(torch.tensor(x))[0].detach().numpy(), TORCH_F64_RTOL)
 
 
-def test_torch_gru_without_bias_loads_zero_biases():
+def test_torch_gru_without_bias_is_refused_and_loads_with_explicit_zero_biases():
     module = torch.nn.GRU(2, 3, bias=False).double()
-    gru = gru_from_torch(module)
+    with pytest.raises(ValueError, match="^from_torch: the module has bias=False"):
+        from_torch(module)
+    with pytest.raises(ValueError, match="^from_torch: missing key 'bias_ih_l0'.*bias=False"):
+        from_torch(module.state_dict())
+    sd = {**module.state_dict(), "bias_ih_l0": torch.zeros(9, dtype=torch.float64),
+          "bias_hh_l0": torch.zeros(9, dtype=torch.float64)}
+    gru = from_torch(sd)
     assert not any(gru.params[k].any() for k in ("b_x_l0", "b_h_l0"))
     x = np.random.default_rng(1).normal(size=(4, 2, 2))
     assert_close("y", gru(x)[0], module(torch.tensor(x))[0].detach().numpy(), TORCH_F64_RTOL)
@@ -235,8 +241,8 @@ def keras_weights(rng, D, H, reset_after):
 def test_keras_weights_compute_keras_gru(reset_after):
     rng = np.random.default_rng(3)
     weights = keras_weights(rng, D=3, H=4, reset_after=reset_after)
-    gru = gru_from_keras(weights)
-    assert gru.reset_after == reset_after and gru.dtype == np.float64
+    gru = from_keras(weights, batch_first=False)
+    assert isinstance(gru, GRU) and gru.reset_after == reset_after and gru.dtype == np.float64
     x, h0 = rng.normal(size=(6, 2, 3)), rng.uniform(-1, 1, (2, 4))
     y, _ = gru(x, h0[None])
     assert_close("y", y, keras_gru_reference(x, *weights, h0), SAME_MATH_RTOL)
@@ -246,14 +252,14 @@ def test_keras_weights_compute_keras_gru(reset_after):
 def test_keras_layout_round_trip(reset_after):
     rng = np.random.default_rng(4)
     weights = keras_weights(rng, D=2, H=3, reset_after=reset_after)
-    for got, want in zip(gru_to_keras(gru_from_keras(weights)), weights):
+    for got, want in zip(to_keras(from_keras(weights)), weights):
         np.testing.assert_array_equal(got, want)
     # and from ours: reset_after=False keeps only b_x + b_h, so compare what the layer computes
     gru = random_gru(rng, 2, 3, 1, reset_after, 1.0)
-    again = gru_from_keras(gru_to_keras(gru))
+    again = from_keras(to_keras(gru), batch_first=gru.batch_first)
     x = rng.normal(size=(4, 2, 2))
     assert_close("y", again(x)[0], gru(x)[0], SAME_MATH_RTOL)
-    kernel, recurrent, bias = gru_to_keras(gru)
+    kernel, recurrent, bias = to_keras(gru)
     assert kernel.shape == (2, 9) and recurrent.shape == (3, 9)
     assert bias.shape == ((2, 9) if reset_after else (9,))
 
@@ -431,25 +437,26 @@ def test_rejected_call_names_the_argument_and_changes_nothing(bad):
     (lambda: GRU(3, 4, num_layers=1.5), "GRU: num_layers must be a positive int"),
     (lambda: GRU(3, 4, dtype=np.int32), "GRU: dtype must be float32 or float64"),
     (lambda: GRU(3, 4, reset_after="yes"), "GRU: reset_after must be True or False"),
-    (lambda: GRU(3, 4, device="gpu"), "GRU.to: device must be 'cpu' or 'cuda', got 'gpu'"),
-    (lambda: GRU(3, 4, device="cuda", kernel=2), "GRU.to: kernel must be one of 1 for the GRU, got 2"),
+    (lambda: GRU(3, 4, device="gpu"), "GRU: device must be 'cpu', 'cuda' or 'cuda:N'"),
+    (lambda: GRU(3, 4, device="cuda", kernel=2), "GRU: kernel must be one of 1 for the GRU, got 2"),
     (lambda: GRU(3, 4).to("cpu", kernel=1), "GRU.to: kernel selects a CUDA kernel version"),
     (lambda: GRU(3, 4).backward(np.zeros((5, 2, 4))), "GRU.backward: call forward first"),
-    (lambda: gru_from_torch(torch.nn.LSTM(3, 4)), "gru_from_torch: weight_hh_l0 has shape (16, 4), expected (3H, H)"),
-    (lambda: gru_from_torch(torch.nn.GRU(3, 4, bidirectional=True)), "gru_from_torch: bidirectional"),
-    (lambda: gru_from_torch(torch.nn.GRU(3, 4), reset_after=False), "gru_from_torch: reset_after must be True"),
-    (lambda: gru_from_torch([1, 2]), "gru_from_torch: expected an nn.GRU or its state_dict, got list"),
-    (lambda: gru_to_torch_state_dict(GRU(3, 4, reset_after=False)), "gru_to_torch_state_dict: nn.GRU has no"),
-    (lambda: gru_from_keras([np.zeros((3, 12)), np.zeros((4, 12))]), "gru_from_keras: expected [kernel, "),
-    (lambda: gru_from_keras([np.zeros((3, 12)), np.zeros((4, 16)), np.zeros(12)]),
-     "gru_from_keras: recurrent_kernel has shape (4, 16), expected (H, 3H)"),
-    (lambda: gru_from_keras([np.zeros((3, 9)), np.zeros((4, 12)), np.zeros(12)]),
-     "gru_from_keras: kernel has shape (3, 9), expected (D, 12)"),
-    (lambda: gru_from_keras([np.zeros((3, 12)), np.zeros((4, 12)), np.zeros((3, 12))]),
-     "gru_from_keras: bias has shape (3, 12)"),
-    (lambda: gru_from_keras([np.zeros((3, 12)), np.zeros((4, 12)), np.zeros(12)], reset_after=True),
-     "gru_from_keras: reset_after=True contradicts the bias shape (12,)"),
-    (lambda: gru_to_keras(GRU(3, 4, num_layers=2)), "gru_to_keras: a Keras GRU layer holds one layer"),
+    (lambda: from_torch(torch.nn.GRU(3, 4), hidden_size=5), "from_torch: hidden_size=5 contradicts the weights"),
+    (lambda: from_torch(torch.nn.GRU(3, 4, bidirectional=True)), "from_torch: bidirectional"),
+    (lambda: from_torch(torch.nn.GRU(3, 4), reset_after=False),
+     "from_torch: reset_after=False contradicts the weights, which give reset_after=True"),
+    (lambda: from_torch([1, 2]), "from_torch: expected an nn.LSTM, an nn.GRU or the state_dict of one, got list"),
+    (lambda: to_torch_state_dict(GRU(3, 4, reset_after=False)), "to_torch_state_dict: nn.GRU has no"),
+    (lambda: from_keras([np.zeros((3, 12)), np.zeros((4, 12))]), "from_keras: expected [kernel, "),
+    (lambda: from_keras([np.zeros((3, 12)), np.zeros((4, 13)), np.zeros(12)]),
+     "from_keras: recurrent_kernel has shape (4, 13), expected (H, 4H) for an LSTM or (H, 3H) for a GRU"),
+    (lambda: from_keras([np.zeros((3, 9)), np.zeros((4, 12)), np.zeros(12)]),
+     "from_keras: kernel has shape (3, 9), expected (D, 12)"),
+    (lambda: from_keras([np.zeros((3, 12)), np.zeros((4, 12)), np.zeros((3, 12))]),
+     "from_keras: bias has shape (3, 12)"),
+    (lambda: from_keras([np.zeros((3, 12)), np.zeros((4, 12)), np.zeros(12)], reset_after=True),
+     "from_keras: reset_after=True contradicts the weights, which give reset_after=False"),
+    (lambda: to_keras(GRU(3, 4, num_layers=2)), "to_keras: a Keras GRU layer holds one layer"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_bad_construction_and_interop_raise_clear_errors(make, message):
     with pytest.raises(ValueError) as info:

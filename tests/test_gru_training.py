@@ -116,17 +116,17 @@ def test_stateful_gru_model_learns_a_stream():
     """TBPTT through fit: a stateful GRU model lowers the loss on a stream of a sine and a cosine."""
     t = np.arange(400) * 0.15
     x, y = stream_batches(np.stack([np.sin(t), np.cos(t)], axis=1).astype(np.float32), 4, 10)[:2]
-    model = Sequential([GRU(2, 8, batch_first=True, seed=1), Linear(8, 2, seed=2)], return_sequences=True,
-                       stateful=True, seed=0).compile("mse", Adam(lr=0.02))
+    model = Sequential([GRU(2, 8, batch_first=True, seed=1, stateful=True), Linear(8, 2, seed=2)],
+                       return_sequences=True, seed=0).compile("mse", Adam(lr=0.02))
     h = model.fit(x, y, epochs=15, batch_size=4, shuffle=False, progress=False)
     assert h["loss"][-1] < 0.2 * h["loss"][0], f"loss {h['loss'][0]:.4g} -> {h['loss'][-1]:.4g}"
 
 
 # ---------------------------------------------------------------- checkpoints
 def ckpt_model(stateful=False, return_sequences=False, seed=0, dtype=np.float32):
-    layers = [GRU(2, 5, batch_first=True, dtype=dtype, seed=seed + 1, reset_after=False),
-              LSTM(5, 3, num_layers=2, dtype=dtype, seed=seed + 2, forget_bias=1.0),
-              GRU(3, 4, dtype=dtype, seed=seed + 3),
+    layers = [GRU(2, 5, batch_first=True, dtype=dtype, seed=seed + 1, reset_after=False, stateful=stateful),
+              LSTM(5, 3, num_layers=2, dtype=dtype, seed=seed + 2, forget_bias=1.0, stateful=stateful),
+              GRU(3, 4, dtype=dtype, seed=seed + 3, stateful=stateful),
               Linear(4, 2, dtype=dtype, seed=seed + 4)]
     return Sequential(layers, return_sequences=return_sequences, stateful=stateful, seed=seed + 5)
 

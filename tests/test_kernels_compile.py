@@ -3,8 +3,8 @@
 * nvcc -arch=sm_90 -cubin -Xptxas -v on the loader's spliced source: every kernel of every version, float and
   double, compiles; ptxas reports 0 spill bytes and 0 stack frame for each (a stack frame means a register
   array went to local memory).
-* NVRTC (cupy.cuda.nvrtc, which works without a device) with the loader's exact options and name
-  expressions: the path RawModule takes on a GPU machine.
+* NVRTC (cupy.cuda.nvrtc, which works without a device) with the loader's exact options (-lineinfo included,
+  as the sanitizer runs compile) and name expressions: the path RawModule takes on a GPU machine.
 * The loader itself: kernels/ is found in a checkout and in a built wheel; headers are spliced once with
   #line markers, so a header edit changes the source (CuPy's cache key) and messages name the real file.
 
@@ -93,8 +93,11 @@ def test_nvcc_compiles_every_kernel_for_sm90_without_spills(tmp_path, mod):
 
 
 @KERNEL_MODULES
-def test_nvrtc_compiles_the_loader_source_as_cupy_would(mod):
+def test_nvrtc_compiles_the_loader_source_as_cupy_would(mod, monkeypatch):
+    """With the loader's options as the sanitizer runs set them (NPYLSTM_LINEINFO=1: -lineinfo, which leaves the
+    code and its registers as they are; nvcc above compiles without it)."""
     nvrtc = _nvrtc()
+    monkeypatch.setenv(gpu.LINEINFO_ENV, "1")
     extra = ()
     if mod is persistent:   # cooperative_groups.h: NVRTC has no copy of its own (persistent.cooperative_include)
         extra = persistent.cooperative_include() or _missing("cooperative_groups.h (the CUDA toolkit's headers)")
@@ -103,7 +106,8 @@ def test_nvrtc_compiles_the_loader_source_as_cupy_would(mod):
         for expr in mod.NAME_EXPRESSIONS:
             nvrtc.addNameExpression(prog, expr)
         # CuPy's RawModule adds -ftz=true and -arch=sm_XX for the device to the loader's options
-        options = list(gpu.COMPILE_OPTIONS) + list(extra) + ["-ftz=true", f"-arch={ARCH}", "--ptxas-options=-v"]
+        options = list(gpu.compile_options()) + list(extra) + ["-ftz=true", f"-arch={ARCH}", "--ptxas-options=-v"]
+        assert "-lineinfo" in options
         try:
             nvrtc.compileProgram(prog, options)
         except nvrtc.NVRTCError as e:

@@ -427,11 +427,11 @@ def test_emulated_launch_refuses_a_wrong_argument_list(kernels_on_cpu):
     f = gpu.get_function("lstm_forward_kernel", 1, np.float64)
     a = np.zeros((1, 4))
     s = np.zeros((1, 1))
-    good = [a, a.copy(), s, a.copy(), s.copy(), s.copy(), s.copy(), np.int32(1), np.int32(1)]
+    good = [a, a.copy(), gpu.NULL, s, s.copy(), a.copy(), s.copy(), s.copy(), s.copy(), np.int32(1), np.int32(1)]
     f((1,), (32,), good)
-    with pytest.raises(AssertionError, match="code 2007"):
-        f((1,), (32,), good[:7] + [s.copy(), np.int32(1)])
-    with pytest.raises(AssertionError, match="code 1009"):
+    with pytest.raises(AssertionError, match="code 2009"):
+        f((1,), (32,), good[:9] + [s.copy(), np.int32(1)])
+    with pytest.raises(AssertionError, match="code 1011"):
         f((1,), (32,), good[:-1])
 
 
@@ -474,20 +474,28 @@ static int all(int N, int D, int H) {
     const unsigned gj = (unsigned)((H + npylstm::TJ - 1) / npylstm::TJ), gd = (unsigned)((D + npylstm::TJ - 1) / npylstm::TJ);
     const unsigned gn = (unsigned)((N + npylstm::TN - 1) / npylstm::TN);
     const std::array<unsigned, 3> b1 = {(unsigned)npylstm::THREADS1, 1, 1}, b2 = {(unsigned)npylstm::TJ, (unsigned)npylstm::TN, 1};
+    std::vector<T> mask(N);                                  // rows 1, 4, 7, ... masked
+    for (int n = 0; n < N; ++n) mask[n] = n % 3 == 1 ? T(0) : T(1);
+    auto direct = vec((long)N * H);
     T* null = nullptr;
     int rc = 0;
-    rc |= run(&npylstm::lstm_forward_kernel1<T>, {g1, 1, 1}, b1, Ax.data(), Ah.data(), c.data(), gates.data(), C.data(),
-              tC.data(), Ho.data(), N, H);
-    rc |= run(&npylstm::lstm_backward_kernel1<T>, {g1, 1, 1}, b1, dH.data(), dY.data(), dC.data(), gates.data(), tC.data(),
-              c.data(), dA.data(), dCp.data(), N, H);
-    rc |= run(&npylstm::lstm_forward_kernel2<T>, {gj, gn, 1}, b2, null, x.data(), W_x.data(), b.data(), h.data(),
+    rc |= run(&npylstm::lstm_forward_kernel1<T>, {g1, 1, 1}, b1, Ax.data(), Ah.data(), mask.data(), h.data(), c.data(),
+              gates.data(), C.data(), tC.data(), Ho.data(), N, H);
+    rc |= run(&npylstm::lstm_forward_kernel1<T>, {g1, 1, 1}, b1, Ax.data(), Ah.data(), null, h.data(), c.data(),
+              gates.data(), C.data(), tC.data(), Ho.data(), N, H);
+    rc |= run(&npylstm::lstm_backward_kernel1<T>, {g1, 1, 1}, b1, dH.data(), direct.data(), dY.data(), dC.data(),
+              mask.data(), gates.data(), tC.data(), c.data(), dA.data(), dCp.data(), direct.data(), N, H);
+    rc |= run(&npylstm::lstm_backward_kernel1<T>, {g1, 1, 1}, b1, dH.data(), null, null, dC.data(), null, gates.data(),
+              tC.data(), c.data(), dA.data(), dC.data(), null, N, H);   // dC_prev aliasing dC is allowed
+    rc |= run(&npylstm::lstm_forward_kernel2<T>, {gj, gn, 1}, b2, null, x.data(), W_x.data(), b.data(), null, h.data(),
               W_h.data(), c.data(), gates.data(), C.data(), tC.data(), Ho.data(), N, D, H);
-    rc |= run(&npylstm::lstm_forward_kernel2<T>, {gj, gn, 1}, b2, Ax.data(), null, null, null, h.data(),
+    rc |= run(&npylstm::lstm_forward_kernel2<T>, {gj, gn, 1}, b2, Ax.data(), null, null, null, mask.data(), h.data(),
               W_h.data(), c.data(), gates.data(), C.data(), tC.data(), Ho.data(), N, 0, H);
-    rc |= run(&npylstm::lstm_backward_kernel2<T>, {gj + gd, gn, 1}, b2, dH.data(), dY.data(), dC.data(), gates.data(),
-              tC.data(), c.data(), W_h.data(), W_x.data(), dA.data(), dCp.data(), dHp.data(), dx.data(), N, D, H);
-    rc |= run(&npylstm::lstm_backward_kernel2<T>, {gj, gn, 1}, b2, dH.data(), null, dC.data(), gates.data(),
-              tC.data(), c.data(), W_h.data(), null, dA.data(), dCp.data(), dHp.data(), null, N, 0, H);
+    rc |= run(&npylstm::lstm_backward_kernel2<T>, {gj + gd, gn, 1}, b2, dH.data(), dY.data(), dC.data(), null,
+              gates.data(), tC.data(), c.data(), W_h.data(), W_x.data(), dA.data(), dCp.data(), dHp.data(), dx.data(),
+              N, D, H);
+    rc |= run(&npylstm::lstm_backward_kernel2<T>, {gj, gn, 1}, b2, dH.data(), dY.data(), dC.data(), mask.data(),
+              gates.data(), tC.data(), c.data(), W_h.data(), null, dA.data(), dCp.data(), dHp.data(), null, N, 0, H);
     return rc;
 }
 
@@ -736,9 +744,8 @@ def test_gru_layer_on_emulated_cuda_equals_the_cpu_layer(gru_kernels_on_cpu, res
         _close(f"grads[{k}]", dev.grads[k], cpu.grads[k], F64_RTOL)
 
 
-# Every GRU kernel under ThreadSanitizer, with the launch gru_gpu makes (ceil(N H / THREADS1) blocks, float) and with
-# one block (double: every thread walks the grid-stride loop more than once); dH_direct in and out alias, as gru_gpu
-# passes them.
+# Every GRU kernel under ThreadSanitizer, with the launch gru_gpu makes (ceil(N H / THREADS1) blocks), with a mask and
+# without; dH_direct in and out alias, as gru_gpu passes them.
 GRU_RACE_DRIVER = RACE_HELPERS + r"""
 template <typename T>
 static int all(int N, int H, unsigned blocks) {
@@ -750,27 +757,33 @@ static int all(int N, int H, unsigned blocks) {
     auto Ho = vec(NH), RH = vec(NH), P = vec(NH), Ah_rz = vec(2 * NH), dH = vec(NH), direct = vec(NH), dY = vec(NH);
     auto dA_x = vec(3 * NH), dA_h = vec(3 * NH), dA_rz = vec(2 * NH), dA_n = vec(NH), dRH = vec(NH);
     const std::array<unsigned, 3> g = {blocks, 1, 1}, b = {(unsigned)npylstm::THREADS1, 1, 1};
+    std::vector<T> mask(N);                                  // rows 1, 4, 7, ... masked
+    for (int n = 0; n < N; ++n) mask[n] = n % 3 == 1 ? T(0) : T(1);
     T* null = nullptr;
     int rc = 0;
-    rc |= run(&npylstm::gru_forward_kernel1<T>, g, b, Ax.data(), Ah.data(), b_h.data(), Hp.data(), gates.data(),
-              A_hn.data(), Ho.data(), N, H);
-    rc |= run(&npylstm::gru_backward_kernel1<T>, g, b, dH.data(), direct.data(), dY.data(), gates.data(), A_hn.data(),
-              Hp.data(), dA_x.data(), dA_h.data(), direct.data(), N, H);
-    rc |= run(&npylstm::gru_backward_kernel1<T>, g, b, dH.data(), null, null, gates.data(), A_hn.data(),
-              Hp.data(), dA_x.data(), dA_h.data(), direct.data(), N, H);
-    rc |= run(&npylstm::gru_forward_rz_kernel1<T>, g, b, Ax.data(), Ah_rz.data(), Hp.data(), gates.data(), RH.data(), N, H);
-    rc |= run(&npylstm::gru_forward_n_kernel1<T>, g, b, Ax.data(), P.data(), Hp.data(), gates.data(), Ho.data(), N, H);
-    rc |= run(&npylstm::gru_backward_n_kernel1<T>, g, b, dH.data(), direct.data(), dY.data(), gates.data(), Hp.data(),
-              dA_rz.data(), dA_n.data(), direct.data(), N, H);
-    rc |= run(&npylstm::gru_backward_rz_kernel1<T>, g, b, dRH.data(), gates.data(), Hp.data(), dA_rz.data(),
-              direct.data(), N, H);
+    for (T* m : {mask.data(), null}) {
+        rc |= run(&npylstm::gru_forward_kernel1<T>, g, b, Ax.data(), Ah.data(), b_h.data(), m, Hp.data(), gates.data(),
+                  A_hn.data(), Ho.data(), N, H);
+        rc |= run(&npylstm::gru_backward_kernel1<T>, g, b, dH.data(), direct.data(), dY.data(), m, gates.data(),
+                  A_hn.data(), Hp.data(), dA_x.data(), dA_h.data(), direct.data(), N, H);
+        rc |= run(&npylstm::gru_backward_kernel1<T>, g, b, dH.data(), null, null, m, gates.data(), A_hn.data(),
+                  Hp.data(), dA_x.data(), dA_h.data(), direct.data(), N, H);
+        rc |= run(&npylstm::gru_forward_rz_kernel1<T>, g, b, Ax.data(), Ah_rz.data(), Hp.data(), gates.data(), RH.data(),
+                  N, H);
+        rc |= run(&npylstm::gru_forward_n_kernel1<T>, g, b, Ax.data(), P.data(), m, Hp.data(), gates.data(), Ho.data(),
+                  N, H);
+        rc |= run(&npylstm::gru_backward_n_kernel1<T>, g, b, dH.data(), direct.data(), dY.data(), m, gates.data(),
+                  Hp.data(), dA_rz.data(), dA_n.data(), direct.data(), N, H);
+        rc |= run(&npylstm::gru_backward_rz_kernel1<T>, g, b, dRH.data(), m, gates.data(), Hp.data(), dA_rz.data(),
+                  direct.data(), N, H);
+    }
     return rc;
 }
 
 int main() {
     const int N = 9, H = 40;
     const unsigned full = (unsigned)((N * H + npylstm::THREADS1 - 1) / npylstm::THREADS1);
-    const int rc = all<float>(N, H, full) | all<double>(N, H, 1);   // each launch shape once, each type once
+    const int rc = all<float>(N, H, full) | all<double>(N, H, full);
     std::printf("launch codes: %d\n", rc);
     return rc;
 }

@@ -117,7 +117,7 @@ def test_same_seed_same_result_bit_for_bit(stateful):
         rng = np.random.default_rng(5)
         xs = rng.normal(size=(16, 4, 2)).astype(np.float32)
         ys = rng.normal(size=(16, 4, 1)).astype(np.float32)
-        model = Sequential([LSTM(2, 5, seed=1), Linear(5, 1, seed=2)], return_sequences=True,
+        model = Sequential([LSTM(2, 5, seed=1, stateful=stateful), Linear(5, 1, seed=2)], return_sequences=True,
                            stateful=stateful, seed=9)
         model.compile("mse", Adam(lr=0.01), clip_norm=1.0)
         h = model.fit(xs, ys, epochs=3, batch_size=4, shuffle=not stateful, progress=False)

@@ -13,8 +13,9 @@ from model_helpers import EXACT_RTOL, FD_ATOL, FD_RTOL, assert_chunks_give_one_c
 
 def make_model(stateful=True, seed=0, dtype=np.float64, batch_firsts=(True, False), D=2, out=2):
     rng = np.random.default_rng(seed)
-    layers = [LSTM(D, 4, batch_first=batch_firsts[0], dtype=dtype, seed=int(rng.integers(2**31))),
-              LSTM(4, 3, num_layers=2, batch_first=batch_firsts[1], dtype=dtype, seed=int(rng.integers(2**31))),
+    layers = [LSTM(D, 4, batch_first=batch_firsts[0], dtype=dtype, seed=int(rng.integers(2**31)), stateful=stateful),
+              LSTM(4, 3, num_layers=2, batch_first=batch_firsts[1], dtype=dtype, seed=int(rng.integers(2**31)),
+                   stateful=stateful),
               Linear(3, out, dtype=dtype, seed=int(rng.integers(2**31)))]
     return Sequential(layers, return_sequences=True, stateful=stateful, seed=seed)
 
@@ -222,7 +223,7 @@ MISUSE = [
     ("fit: boolean y", lambda m, x, y: m.fit(x, y > 0, batch_size=4, shuffle=False), "y must be a real floating"),
     ("fit: NaN in x", lambda m, x, y: m.fit(_nan(x), y, batch_size=4, shuffle=False), "x must be finite"),
     ("fit: NaN in y", lambda m, x, y: m.fit(x, _nan(y), batch_size=4, shuffle=False), "y must be finite"),
-    ("fit: NaN in validation", lambda m, x, y: m.fit(x, y, batch_size=4, shuffle=False, validation_data=(_nan(x), y)), "x must be finite"),
+    ("fit: NaN in validation", lambda m, x, y: m.fit(x, y, batch_size=4, shuffle=False, validation_data=(_nan(x), y)), r"validation_data\[0\] must be finite"),
     ("fit: mask not bool", lambda m, x, y: m.fit(x, y, batch_size=4, shuffle=False, mask=np.ones(x.shape[:2])), "mask must be booleans"),
     ("fit: wrong y shape", lambda m, x, y: m.fit(x, y[:, -1], batch_size=4, shuffle=False), "return_sequences"),
     ("fit: epochs", lambda m, x, y: m.fit(x, y, epochs=0, batch_size=4, shuffle=False), "epochs must be a positive int"),

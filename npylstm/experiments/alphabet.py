@@ -157,7 +157,7 @@ def train_model(name, seed, quick=False, epochs=None, device="cpu", progress=Tru
     s["epochs"] = epochs or s["epochs"][1 if quick else 0]
     stateful = name == "stateful"
     H, D = s["hidden"], x.shape[-1]
-    rnn = common.recurrent(cell, D, H, seed=int(rng.integers(2 ** 31)), device=device)
+    rnn = common.recurrent(cell, D, H, seed=int(rng.integers(2 ** 31)), device=device, stateful=stateful)
     head = npylstm.Linear(H, K, seed=int(rng.integers(2 ** 31)))
     model = npylstm.Sequential([rnn, head], stateful=stateful, seed=seed)
     model.compile(loss="cross_entropy", optimizer=npylstm.Adam(lr=s["lr"]))

@@ -103,7 +103,7 @@ def train_stateful(train_part, s, seed, rng, device="cpu", progress=True, cell="
     Returns (model, streams, history, seconds)."""
     H = s["hidden"]
     streams = npylstm.stream_batches(train_part, s["streams"], s["steps"])
-    model = npylstm.Sequential([common.recurrent(cell, 1, H, seed=seed + 1, device=device),
+    model = npylstm.Sequential([common.recurrent(cell, 1, H, seed=seed + 1, device=device, stateful=True),
                                 npylstm.Linear(H, 1, seed=seed + 101)], return_sequences=True, stateful=True, seed=seed)
     model.compile(loss="mse", optimizer=npylstm.Adam(lr=s["lr"]))
     with common.Timer() as tm:
