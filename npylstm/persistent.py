@@ -210,7 +210,7 @@ def source():
 def _options():
     """The loader's NVRTC options (with -lineinfo when asked: gpu.compile_options) and cooperative_include()."""
     from . import gpu
-    return tuple(getattr(gpu, "compile_options", lambda: gpu.COMPILE_OPTIONS)()) + cooperative_include()
+    return gpu.compile_options() + cooperative_include()
 
 
 def get_function(direction, dtype):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import assert_close, nonzero, padding_mask
 from emulator import build_emulator, cupy_on_cpu
-from npylstm import gpu, persistent, sequence
+from npylstm import LSTM, gpu, persistent, sequence
 
 F64_RTOL = 1e-12  # the same float64 sums in another order (k split across threads): rounding far below this
 F32_RTOL = 1e-5   # float32 kernel vs float64 reference over a few steps: a few float32 ulp per step
@@ -228,3 +228,62 @@ def test_persistent_planted_missing_grid_barrier_is_caught(planted, monkeypatch,
         switches[away] = 0
     assert not any(w for s, w in wrong if s == 0), "the control run, with every barrier, did not match"
     assert any(w for s, w in wrong if s == 1), "every result matched without the grid barrier"
+
+
+# ------------------------------------------------------------------------------------------------ through npylstm.gpu
+def test_persistent_through_the_gpu_backend_is_one_launch_each_way(persistent_emulator, monkeypatch):
+    """gpu.sequence_forward / sequence_backward with kernel=3: the same results as sequence.py, and one launch of
+    each kernel for the whole sequence (T = 6), the launches the emulator counted."""
+    _on_cpu(monkeypatch, persistent_emulator, 3)
+    rng = np.random.default_rng(8)
+    T, N, D, H = 6, 5, 3, 13
+    x, h0, c0, W_x, W_h, b, mask = _problem(rng, T, N, D, H, np.float64, "post")
+    dY, dh_T, dc_T = (nonzero(rng, s) for s in ((T, N, H), (N, H), (N, H)))
+    Y, h_T, c_T, cache = gpu.sequence_forward(x, h0, c0, W_x, W_h, b, mask=mask, kernel=3)
+    got = (Y, h_T, c_T) + gpu.sequence_backward(dY, dh_T, dc_T, cache)
+    Y_r, h_r, c_r, cache_r = sequence.sequence_forward(x, h0, c0, W_x, W_h, b, mask)
+    want = (Y_r, h_r, c_r) + sequence.sequence_backward(dY, dh_T, dc_T, cache_r)
+    for name, g, w in zip(("Y", "h_T", "c_T") + GRAD_NAMES, got, want):
+        assert_close(g, w, F64_RTOL, f"kernel 3 through npylstm.gpu: {name}")
+    assert {name: f.launches for name, f in persistent._functions.items()} == {
+        (0, persistent._options(), f"npylstm::lstm_{d}_kernel3<double>"): 1 for d in ("forward", "backward")}
+
+
+def test_persistent_kernel_3_refuses_clearly_and_none_falls_back(persistent_emulator, monkeypatch):
+    """Where the slice does not fit (an emulated device with 4 KB of shared memory a block), kernel=3 is a
+    ValueError naming the size and the limit, kernel=None picks version 1 or 2; a lone step never takes 3."""
+    _on_cpu(monkeypatch, persistent_emulator, 2)
+    monkeypatch.setattr(persistent, "LIMITS", persistent.LIMITS._replace(shared_optin=4096))
+    rng = np.random.default_rng(1)
+    x, h0, c0, W_x, W_h, b, _ = _problem(rng, 2, 3, 2, 24, np.float64, None)
+    with pytest.raises(ValueError, match=r"sequence_forward: kernel 3 cannot run N = 3, H = 24, float64: .*over the "
+                                         r"4096 bytes"):
+        gpu.sequence_forward(x, h0, c0, W_x, W_h, b, kernel=3)
+    assert gpu.choose_kernel(3, 24, np.float64, sequence=True) in gpu.STEP_VERSIONS
+    monkeypatch.setattr(persistent, "LIMITS", emulated(2))
+    assert gpu.choose_kernel(3, 24, np.float64, sequence=True) == 3       # fits: the sequence takes version 3
+    assert gpu.choose_kernel(3, 24) in gpu.STEP_VERSIONS                  # a step never does
+    with pytest.raises(ValueError, match="step_forward: kernel 3 runs whole sequences only"):
+        gpu.step_forward(x[0], h0, c0, W_x, W_h, b, kernel=3)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_persistent_layer_on_the_emulated_gpu_equals_the_cpu_layer(persistent_emulator, monkeypatch, batch_first):
+    """LSTM(device='cuda', kernel=3): two layers, stateful (state carried over two calls), masks, batch_first."""
+    _on_cpu(monkeypatch, persistent_emulator, 2)
+    monkeypatch.setattr(gpu, "to_device", lambda a, device: np.asarray(a))
+    rng = np.random.default_rng(3)
+    cpu = LSTM(3, 5, num_layers=2, batch_first=batch_first, dtype=np.float64, seed=1, stateful=True)
+    dev = LSTM(3, 5, num_layers=2, batch_first=batch_first, dtype=np.float64, seed=1, stateful=True,
+               device="cuda", kernel=3)
+    for call in range(2):
+        x = rng.normal(size=(4, 6, 3))
+        mask = rng.random((4, 6)) < 0.8
+        (y1, (h1, c1)), (y2, (h2, c2)) = cpu(x, mask=mask), dev(x, mask=mask)
+        dy, dstate = rng.normal(size=y1.shape), (rng.normal(size=h1.shape), rng.normal(size=c1.shape))
+        (dx1, (dh1, dc1)), (dx2, (dh2, dc2)) = cpu.backward(dy, dstate), dev.backward(dy, dstate)
+        for name, a, b in (("y", y2, y1), ("h", h2, h1), ("c", c2, c1), ("dx", dx2, dx1), ("dh", dh2, dh1),
+                           ("dc", dc2, dc1)):
+            assert_close(a, b, F64_RTOL, f"call {call}: {name}")
+    for k in cpu.grads:
+        assert_close(dev.grads[k], cpu.grads[k], F64_RTOL, f"grads[{k}]")
