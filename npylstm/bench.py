@@ -7,7 +7,7 @@ For each N in {1, 8, 64, 256} and H in {128, 512, 1024} (input size D = H, float
 2. then timing, medians: NumPy (cell.step_forward) and PyTorch's LSTMCell on the CPU, each in its own
    process, alternating A B A B (in one process the two libraries' worker threads fight over the cores,
    design.md §5), perf_counter around batches of calls; on the GPU, npylstm.gpu.step_forward for every
-   kernel version and PyTorch's LSTMCell on CUDA, timed with CUDA events after warm-up
+   kernel version that runs a lone step (gpu.STEP_VERSIONS) and PyTorch's LSTMCell on CUDA, timed with CUDA events after warm-up
    (cupyx.profiler.benchmark).
 
 Output: a fixed-width table (µs per step, and each backend's speed-up over NumPy), bench.json with the
@@ -201,7 +201,7 @@ def available_backends():
         notes.append("PyTorch rows missing: torch is not installed")
     try:
         gpu.require_cuda("npylstm bench")
-        dev += [f"kernel{v}" for v in gpu.KERNEL_VERSIONS]
+        dev += [f"kernel{v}" for v in gpu.STEP_VERSIONS]
         if torch is not None:
             if torch.cuda.is_available():
                 dev.append("torch-cuda")
