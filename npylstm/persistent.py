@@ -148,7 +148,12 @@ def persistent_plan(N, H, dtype):
     return _plans[key]
 
 
+_unavailable = {}   # device -> why kernel 3 cannot run there at all (asked once, not at every new size)
+
+
 def _device_plan(cupy, device, N, H, dtype):
+    if device in _unavailable:
+        return Plan(False, _unavailable[device], N, H, np.dtype(dtype))
     try:
         rt = cupy.cuda.runtime
         limits = Limits(sms=rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, device),
@@ -157,8 +162,9 @@ def _device_plan(cupy, device, N, H, dtype):
         functions = {d: get_function(d, dtype) for d in ("forward", "backward")}
     except Exception as e:   # e.g. NVRTC without cooperative_groups.h (no CUDA headers on this machine)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return Plan(False, f"kernel 3 cannot run here: the device query or the module's compilation failed "
-                           f"({type(e).__name__}: {first})", N, H, np.dtype(dtype))
+        _unavailable[device] = (f"kernel 3 cannot run here: the device query or the module's compilation failed "
+                                f"({type(e).__name__}: {first})")
+        return Plan(False, _unavailable[device], N, H, np.dtype(dtype))
 
     def occupancy(direction, shape):
         f = functions[direction]
