@@ -1,6 +1,8 @@
-"""One LSTM cell step: NumPy on the CPU vs the CUDA kernels vs PyTorch. Same as `npylstm bench`.
+"""One LSTM cell step, or (--sequence) one layer over T = 100 steps: NumPy on the CPU vs the CUDA kernels vs
+PyTorch. Same as `npylstm bench`.
 
     python3 benchmarks/bench_cell.py [--quick] [--out out/bench] [--threads N]
+    python3 benchmarks/bench_cell.py --sequence [--cpu-all] [--quick] [--out out/bench] [--threads N]
 """
 
 import sys
