@@ -10,8 +10,9 @@ For each N in {1, 8, 64, 256} and H in {128, 512, 1024} (input size D = H, float
 2. then timing, medians: NumPy (cell.step_forward) and PyTorch's LSTMCell on the CPU, each in its own
    process, alternating A B A B (in one process the two libraries' worker threads fight over the cores,
    design.md §5), perf_counter around batches of calls; on the GPU, npylstm.gpu.step_forward for every
-   kernel version and PyTorch's LSTMCell on CUDA, CUDA events around each call, after at least WARMUP_S
-   of untimed calls (the clocks come up), the backends interleaved call by call (A B C A B C).
+   kernel version that runs a lone step (gpu.STEP_VERSIONS) and PyTorch's LSTMCell on CUDA, CUDA events around
+   each call, after at least WARMUP_S of untimed calls (the clocks come up), the backends interleaved call by
+   call (A B C A B C).
 
 Output: a fixed-width table (µs per step; ratio columns, each saying which way is better), bench.json with
 the machine (CPU, GPU, driver, library versions), and bench.png (time against N·H, the CPU/GPU crossover
@@ -303,8 +304,9 @@ def torch_cuda_note(torch):
     return None if torch.cuda.is_available() else "PyTorch GPU rows missing: this PyTorch build has no CUDA"
 
 
-def available_backends():
-    """(cpu backends, gpu backends, notes on what is missing and why)."""
+def available_backends(kernels=None):
+    """(cpu backends, gpu backends, notes on what is missing and why). kernels: the npylstm kernel versions
+    timed (default gpu.KERNEL_VERSIONS; a cell step takes gpu.STEP_VERSIONS: version 3 runs whole sequences)."""
     from . import gpu
     cpu, dev, notes = ["numpy"], [], []
     try:
@@ -317,7 +319,7 @@ def available_backends():
     if missing:
         notes.append(missing)
     else:
-        dev += [f"kernel{v}" for v in gpu.KERNEL_VERSIONS]
+        dev += [f"kernel{v}" for v in (gpu.KERNEL_VERSIONS if kernels is None else kernels)]
         if torch is not None:
             note = torch_cuda_note(torch)
             dev += [] if note else ["torch-cuda"]
@@ -481,7 +483,8 @@ def run_cell(args):
     repeats = args.repeats or (3 if quick else 15)
     rounds = args.rounds or (1 if quick else 2)
     sizes = [(N, H) for H in (QUICK_H if quick else SIZES_H) for N in (QUICK_N if quick else SIZES_N)]
-    cpu, dev, notes = available_backends()
+    from . import gpu
+    cpu, dev, notes = available_backends(gpu.STEP_VERSIONS)
     backends = cpu + dev
     info = machine_info()
     notes += [n for n in [load_note(info)] if n]

@@ -8,9 +8,11 @@ backend (design.md §2: the GPU enters at a seam):
     step_forward(x, h_prev, c_prev, W_x, W_h, b, kernel=None) -> H, C, cache   (one cell step)
     step_backward(dH, dC, cache) -> dx, dh_prev, dc_prev, dW_x, dW_h, db
 
-`kernel` picks a version of kernels/lstm_kernels.cu (its header comment describes each): 1 fuses the
-pointwise part of a step and leaves the products to cuBLAS, 2 does a whole step in one launch. None lets
-choose_kernel(N, H) pick by size: the one place the default lives.
+`kernel` picks a version (each file's header comment describes its versions): 1 fuses the pointwise part of
+a step and leaves the products to cuBLAS, 2 does a whole step in one launch (kernels/lstm_kernels.cu), 3 does
+the whole sequence in one cooperative launch each way (kernels/lstm_persistent.cu, npylstm/persistent.py;
+sequences only, and only where persistent_plan says its slice of W_h fits on chip). None lets
+choose_kernel pick by size: the one place the default lives.
 
 What a sequence call launches on the GPU (kernels of kernels/, cuBLAS products, CuPy operations; the loops
 make nothing else, and tests/test_launches.py counts every call through this code on the CPU):
@@ -18,6 +20,7 @@ make nothing else, and tests/test_launches.py counts every call through this cod
     per time step    forward                 backward
     version 1        1 GEMM + 1 kernel       1 kernel + 1 GEMM        (A_h = H_prev W_h; dH_prev = dA W_hᵀ)
     version 2        1 kernel                1 kernel
+    version 3        none: one cooperative launch for all T steps each way (persistent.forward / backward)
 
     once a call      forward: the hoisted input product X W_x (1 GEMM) and its bias (1 add); H_0, C_0 into
                      the state arrays (2 copies); h_T, c_T (2 copies); a mask to the device (1 copy).
@@ -56,13 +59,16 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-KERNEL_VERSIONS = (1, 2)
+from . import persistent
+
+STEP_VERSIONS = (1, 2)               # kernels/lstm_kernels.cu: a step per launch (also a lone cell step)
+KERNEL_VERSIONS = STEP_VERSIONS + (persistent.VERSION,)   # 3: the whole sequence, kernels/lstm_persistent.cu
 DEFAULT_KERNEL = None                # None: choose_kernel(N, H) picks a version for each call's sizes
 KERNEL_FILE = "lstm_kernels.cu"
 KERNEL_NAMES = ("lstm_forward_kernel", "lstm_backward_kernel")  # + version number
 TYPE_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 NAME_EXPRESSIONS = tuple(f"npylstm::{name}{v}<{t}>"
-                         for v in KERNEL_VERSIONS for name in KERNEL_NAMES for t in TYPE_NAMES.values())
+                         for v in STEP_VERSIONS for name in KERNEL_NAMES for t in TYPE_NAMES.values())
 COMPILE_OPTIONS = ("--std=c++17",)   # CuPy appends -ftz=true and -arch=sm_XX for the device
 LINEINFO_ENV = "NPYLSTM_LINEINFO"    # "1": compile with -lineinfo (compute-sanitizer reports then name the line)
 THREADS1, TJ, TN = 256, 32, 8        # launch shapes: the constants of the same names in lstm_kernels.cu
@@ -70,6 +76,7 @@ NUM_GATES = 4
 INDEX_LIMIT = 2 ** 31                # the kernels index with int: an array one launch indexes has fewer elements
 MAX_GRID_Y = 65535                   # CUDA's limit on gridDim.y: version 2's ceil(N / TN) row tiles
 SMALL_STEP = 2 ** 22                 # N·H² up to which choose_kernel takes a step as launch-bound (estimated)
+PERSISTENT_MAX_N = 64                # batch sizes up to which choose_kernel takes version 3 where it fits (estimated)
 NULL = np.uint64(0)                  # a null pointer argument: CuPy turns None into 0xffffffff (cupy#9046)
 POISON = False                       # tests set True: every output buffer starts as NaN, so an unwritten one shows
 
@@ -86,8 +93,16 @@ def check_kernel(where, kernel):
     return int(kernel)
 
 
-def choose_kernel(N, H):
+def choose_kernel(N, H, dtype=None, sequence=False):
     """The version a call runs when none is given (kernel=None): the one place the default lives.
+
+    A whole sequence (sequence=True, with its dtype) runs version 3 where persistent.persistent_plan(N, H, dtype)
+    fits and N <= PERSISTENT_MAX_N. Also reasoning, not a measurement: per SM and step, one grid barrier
+    (~1.1 µs measured on an H100), the staged rows from L2, the product at one shared-memory wavefront per
+    4 + R vector loads, and the gate math count to ~2-3.5 µs a forward step at N <= 8, H in {512, 1024}, and
+    ~10-20 µs at N = 64, against cuDNN's 15-45 µs and a launch per step (>= 6 µs) for versions 1 and 2.
+    Past N = 64 the rows are staged in more passes and cuBLAS's share of the work grows: left to 1 and 2
+    until `npylstm bench --sequence` has timed them.
 
     Today's rule is reasoning, not a measurement: no GPU run has timed the versions yet. A step's product
     H_prev W_h is 4·N·H² multiply-adds. While that is small the step is bound by launches (~6 µs each from
@@ -98,13 +113,25 @@ def choose_kernel(N, H):
     4 at H = 1024). `npylstm bench --sequence` on a GPU times both versions: replace this rule by its
     measured table here.
     """
+    if sequence and N <= PERSISTENT_MAX_N and persistent.persistent_plan(N, H, dtype).fits:
+        return persistent.VERSION
     return 2 if N * H * H <= SMALL_STEP else 1
 
 
-def resolve_kernel(where, kernel, N, H):
-    """check_kernel, then None -> choose_kernel(N, H)."""
+def resolve_kernel(where, kernel, N, H, dtype=None, sequence=False):
+    """check_kernel, then None -> choose_kernel. Version 3 is refused (ValueError, with the plan's reason) for a
+    lone step and where persistent_plan(N, H, dtype) does not fit."""
     kernel = check_kernel(where, kernel)
-    return choose_kernel(N, H) if kernel is None else kernel
+    if kernel is None:
+        return choose_kernel(N, H, dtype, sequence=True) if sequence else choose_kernel(N, H)
+    if kernel == persistent.VERSION:
+        if not sequence:
+            raise ValueError(f"{where}: kernel 3 runs whole sequences only (sequence_forward); a step takes "
+                             f"{' or '.join(map(str, STEP_VERSIONS))}")
+        plan = persistent.persistent_plan(N, H, dtype)
+        if not plan.fits:
+            raise ValueError(f"{where}: {plan.reason}")
+    return kernel
 
 
 def check_sizes(where, N, D, H, kernel, gates=NUM_GATES):
@@ -497,7 +524,7 @@ def sequence_forward(x, h0, c0, W_x, W_h, b, mask=None, kernel=DEFAULT_KERNEL):
     if T < 1:
         raise ValueError(f"{where}: x has no time steps (T = 0)")
     check_mask(where, mask, T, N)
-    kernel = resolve_kernel(where, kernel, N, Hn)
+    kernel = resolve_kernel(where, kernel, N, Hn, x.dtype, sequence=True)
     check_sizes(where, N, D, Hn, kernel)
     return _sequence_forward(x, h0, c0, W_x, W_h, b, mask, kernel)
 
@@ -514,10 +541,13 @@ def _sequence_forward(x, h0, c0, W_x, W_h, b, mask, kernel):
     Cs[0] = c0
     gates, tanh_C = _empty(xp, (T, N, 4 * Hn), dtype), _empty(xp, (T, N, Hn), dtype)
     m = mask_rows(xp, mask, dtype)
-    masks = [None] * T if m is None else m
-    step = forward_step(kernel, W_h, N)
-    for t in range(T):
-        step(Ax[t], masks[t], Hs[t], Cs[t], gates[t], Cs[t + 1], tanh_C[t], Hs[t + 1])
+    if kernel == persistent.VERSION:                           # all T steps in one cooperative launch
+        persistent.forward(persistent.persistent_plan(N, Hn, dtype), Ax, W_h, m, Hs, Cs, gates, tanh_C)
+    else:
+        masks = [None] * T if m is None else m
+        step = forward_step(kernel, W_h, N)
+        for t in range(T):
+            step(Ax[t], masks[t], Hs[t], Cs[t], gates[t], Cs[t + 1], tanh_C[t], Hs[t + 1])
     cache = GPUSequenceCache(x, W_x, W_h, Hs, Cs, gates, tanh_C, m, kernel)
     return Hs[1:], Hs[T].copy(), Cs[T].copy(), cache
 
@@ -542,21 +572,26 @@ def _sequence_backward(dY, dh_T, dc_T, cache):
     T, N, D = x.shape
     Hn = W_h.shape[0]
     dA = _empty(xp, (T, N, 4 * Hn), dtype)                      # every step's dA, for the products after the loop
-    dHs = (_empty(xp, (N, Hn), dtype), _empty(xp, (N, Hn), dtype))   # ping-pong: a step reads one, writes the
-    dCs = (_empty(xp, (N, Hn), dtype), _empty(xp, (N, Hn), dtype))   # other; the first reads dh_T, dc_T
-    masks = [None] * T if m is None else m
-    step, finish = backward_step(kernel, W_h, N, masked=m is not None)
-    dh, dc = dh_T, dc_T
-    for i, t in enumerate(range(T - 1, -1, -1)):
-        step(dh, dY[t], dc, masks[t], gates[t], tanh_C[t], Cs[t], dA[t], dCs[i % 2], dHs[i % 2])
-        dh, dc = dHs[i % 2], dCs[i % 2]
+    if kernel == persistent.VERSION:                           # all T steps in one cooperative launch; dh, dc
+        dh, dc = xp.array(dh_T, dtype=dtype), xp.array(dc_T, dtype=dtype)   # hold dh_T, dc_T in, dh0, dc0 out
+        persistent.backward(persistent.persistent_plan(N, Hn, dtype), dY, W_h, m, Cs, gates, tanh_C, dA, dh, dc)
+        finish = None
+    else:
+        dHs = (_empty(xp, (N, Hn), dtype), _empty(xp, (N, Hn), dtype))   # ping-pong: a step reads one, writes
+        dCs = (_empty(xp, (N, Hn), dtype), _empty(xp, (N, Hn), dtype))   # the other; the first reads dh_T, dc_T
+        masks = [None] * T if m is None else m
+        step, finish = backward_step(kernel, W_h, N, masked=m is not None)
+        dh, dc = dh_T, dc_T
+        for i, t in enumerate(range(T - 1, -1, -1)):
+            step(dh, dY[t], dc, masks[t], gates[t], tanh_C[t], Cs[t], dA[t], dCs[i % 2], dHs[i % 2])
+            dh, dc = dHs[i % 2], dCs[i % 2]
     # forward: A = X W_x + H_prev W_h + b, all steps at once  ->  one product each
     dA2 = dA.reshape(T * N, 4 * Hn)
     dW_x = x.reshape(T * N, D).T @ dA2
     dW_h = Hs[:T].reshape(T * N, Hn).T @ dA2
     db = dA2.sum(axis=0)
     dx = (dA2 @ W_x.T).reshape(T, N, D)
-    return dx, finish(dh), dc, dW_x, dW_h, db
+    return dx, dh if finish is None else finish(dh), dc, dW_x, dW_h, db
 
 
 class Backend(NamedTuple):

@@ -39,7 +39,7 @@ def test_bench_quick_writes_a_labelled_table_json_and_png(tmp_path, capsys):
 
 
 def test_bench_does_not_time_a_backend_that_does_not_match(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "available_backends", lambda: (["numpy"], [], []))
+    monkeypatch.setattr(bench, "available_backends", lambda *_: (["numpy"], [], []))
     monkeypatch.setattr(bench, "check", lambda backend, N, H: 1.0)
     monkeypatch.setattr(bench, "run_worker", lambda *a: pytest.fail("a mismatched backend was timed"))
     assert main(["bench", "--quick", "--no-plot", "--out", str(tmp_path)]) == 1

@@ -98,18 +98,18 @@ def test_layer_on_cuda_without_a_gpu_is_a_clear_runtime_error(layer_class):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(device="gpu"), "^LSTM: device must be 'cpu', 'cuda' or 'cuda:N' .*, got 'gpu'"),
     (dict(device="cpu", kernel=1), "kernel selects a CUDA kernel version"),
-    (dict(device="cuda", kernel=3), r"kernel must be one of 1, 2 \(or None: chosen by size\), got 3"),
-    (dict(device="cuda", kernel=0), r"kernel must be one of 1, 2 \(or None: chosen by size\), got 0"),
-    (dict(device="cuda", kernel=True), r"kernel must be one of 1, 2 \(or None: chosen by size\), got True"),
+    (dict(device="cuda", kernel=4), r"kernel must be one of 1, 2, 3 \(or None: chosen by size\), got 4"),
+    (dict(device="cuda", kernel=0), r"kernel must be one of 1, 2, 3 \(or None: chosen by size\), got 0"),
+    (dict(device="cuda", kernel=True), r"kernel must be one of 1, 2, 3 \(or None: chosen by size\), got True"),
 ])
 def test_lstm_device_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LSTM(3, 4, **kwargs)
 
 
-@pytest.mark.parametrize("bad", [0, 3, -1, 1.5, "2", True])
+@pytest.mark.parametrize("bad", [0, 4, -1, 1.5, "2", True])
 def test_dispatcher_rejects_unknown_versions(bad):
-    with pytest.raises(ValueError, match=r"^f: kernel must be one of 1, 2 \(or None: chosen by size\), got"):
+    with pytest.raises(ValueError, match=r"^f: kernel must be one of 1, 2, 3 \(or None: chosen by size\), got"):
         gpu.check_kernel("f", bad)
     W_h = np.zeros((3, 12))
     for dispatch in (gpu.forward_step, gpu.backward_step):

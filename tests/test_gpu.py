@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npylstm import LSTM, gpu
+from npylstm import LSTM, gpu, persistent
 from npylstm import sequence as numpy_backend
 from npylstm.cell import step_backward, step_forward
 
@@ -137,7 +137,7 @@ def _weights(rng, dtype, D, H):
 
 # ------------------------------------------------------------------------------------------ one step
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@pytest.mark.parametrize("kernel", gpu.STEP_VERSIONS)
 @GPU_SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), N=SIZES_N, D=SIZES_D, H=SIZES_H)
 def test_step_matches_cell(cp, kernel, dtype, seed, N, D, H):
@@ -170,6 +170,10 @@ def test_sequence_matches_sequence_py(cp, kernel, dtype, seed, T, N, D, H, maske
     host = [x, h0, c0, *_weights(rng, dtype, D, H)]
     ref = [a.astype(np.float64) for a in host]
     mask = _mask(rng, masked, T, N)
+    if kernel == persistent.VERSION and not persistent.persistent_plan(N, H, dtype).fits:
+        with pytest.raises(ValueError, match="kernel 3 cannot run"):   # refused clearly, never run
+            gpu.sequence_forward(*map(cp.asarray, host), mask=mask, kernel=kernel)
+        return
     Y, h_T, c_T, cache = gpu.sequence_forward(*map(cp.asarray, host), mask=mask, kernel=kernel)
     Y_ref, h_ref, c_ref, cache_ref = numpy_backend.sequence_forward(*ref, mask=mask)
     for name, g, w in (("Y", Y, Y_ref), ("h_T", h_T, h_ref), ("c_T", c_T, c_ref)):
@@ -264,7 +268,7 @@ def test_state_set_from_numpy_lives_on_the_gpu(cp):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@pytest.mark.parametrize("kernel", gpu.STEP_VERSIONS)
 def test_saturated_preactivations_stay_finite(cp, kernel, dtype):
     """|A| up to 1e4: sigmoid as 0.5 + 0.5 tanh(a/2) never overflows; gates stay in [0, 1]."""
     rng = np.random.default_rng(9)
@@ -308,7 +312,7 @@ SANITIZE_SHAPES = [(1, 1, 1), (9, 40, 33), (33, 1, 100)]  # (N, D, H): single el
 
 @pytest.mark.parametrize("N,D,H", SANITIZE_SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@pytest.mark.parametrize("kernel", gpu.STEP_VERSIONS)
 def test_sanitize_every_kernel_path(cp, kernel, dtype, N, D, H):
     """Fixed small shapes through every launch path (lone step and sequence, forward and backward, with and
     without a mask)."""
@@ -488,3 +492,69 @@ def test_sanitize_every_gru_kernel_path(cp, reset_after, dtype, N, D, H):
         want = gru_sequence.gru_sequence_backward(dY.astype(np.float64), np.ones((N, H)), cache_ref)
         for name, g, w in zip(["dx", "dh0", "dW_x", "dW_h", "db_x", "db_h"], got, want):
             _check(name, g, w, RTOL[dtype])
+
+
+# ------------------------------------------------------------------------------------------ version 3 (persistent)
+F32_LONG_RTOL = 1e-4  # float32 over 64 steps against float64: rounding carried through the recurrence (bench: 1e-4 at T = 100)
+PERSISTENT_NAMES = ("Y", "h_T", "c_T", "dx", "dh0", "dc0", "dW_x", "dW_h", "db")
+
+
+def _persistent_case(cp, rng, dtype, T, N, D, H, masked):
+    """Version 3 forward and backward through npylstm.gpu, and sequence.py in float64 on the same inputs."""
+    host = [rng.normal(size=s).astype(dtype) for s in ((T, N, D), (N, H), (N, H))] + _weights(rng, dtype, D, H)
+    mask = (rng.random((T, N)) < 0.7) if masked else None
+    dY, dh, dc = (rng.normal(size=s).astype(dtype) for s in ((T, N, H), (N, H), (N, H)))
+    ref = [a.astype(np.float64) for a in host]
+    Y_ref, h_ref, c_ref, cache_ref = numpy_backend.sequence_forward(*ref, mask=mask)
+    want = (Y_ref, h_ref, c_ref) + numpy_backend.sequence_backward(*(a.astype(np.float64) for a in (dY, dh, dc)),
+                                                                    cache_ref)
+    Y, h_T, c_T, cache = gpu.sequence_forward(*map(cp.asarray, host), mask=mask, kernel=persistent.VERSION)
+    got = (Y, h_T, c_T) + gpu.sequence_backward(*map(cp.asarray, (dY, dh, dc)), cache)
+    return got, want
+
+
+def test_persistent_plan_on_this_gpu(cp):
+    """The plan at the targets' sizes: the grid is the device's SM count (resident at once), not the problem's."""
+    sms = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMultiProcessorCount, 0)
+    for N, H in ((1, 512), (8, 512), (8, 1024), (64, 1024)):
+        plan = persistent.persistent_plan(N, H, np.float32)
+        assert plan.fits, plan.reason
+        assert plan.blocks <= sms * persistent.BLOCKS_PER_SM and plan.blocks * plan.units >= H
+
+
+@pytest.mark.parametrize("N,H,dtype", [(1, 512, np.float32), (8, 1024, np.float32), (64, 512, np.float32),
+                                       (8, 512, np.float64)])
+def test_persistent_long_sequence_matches_sequence_py(cp, N, H, dtype):
+    """64 steps (64 grid barriers each way) at the sizes version 3 is for."""
+    got, want = _persistent_case(cp, np.random.default_rng(N + H), dtype, 64, N, 32, H, masked=True)
+    for name, g, w in zip(PERSISTENT_NAMES, got, want):
+        _check(name, g, w, F32_LONG_RTOL if dtype == np.float32 else F64_RTOL)
+
+
+def test_persistent_refuses_what_does_not_fit_and_none_falls_back(cp):
+    """float64 at H = 1024: W_h (32 MB) is over the grid's shared memory. kernel=3 says so; kernel=None runs 1 or 2."""
+    plan = persistent.persistent_plan(8, 1024, np.float64)
+    assert not plan.fits and "H = 1024" in plan.reason and "bytes" in plan.reason
+    rng = np.random.default_rng(0)
+    host = [rng.normal(size=s) for s in ((2, 8, 3), (8, 1024), (8, 1024))] + _weights(rng, np.float64, 3, 1024)
+    with pytest.raises(ValueError, match="kernel 3 cannot run N = 8, H = 1024, float64"):
+        gpu.sequence_forward(*map(cp.asarray, host), kernel=persistent.VERSION)
+    assert gpu.choose_kernel(8, 1024, np.float64, sequence=True) in gpu.STEP_VERSIONS
+    Y, *_ = gpu.sequence_forward(*map(cp.asarray, host))
+    Y_ref, *_ = numpy_backend.sequence_forward(*host)
+    _check("Y", Y, Y_ref, F64_RTOL)
+
+
+PERSISTENT_SANITIZE_SHAPES = [(3, 1, 1, 1), (3, 9, 5, 133), (2, 33, 4, 257)]   # (T, N, D, H): one unit; H = 133,
+# 257: 2 units a block and the last block with 1 (132 SMs); N = 9, 33: rows in more than one pass of 8
+
+
+@pytest.mark.parametrize("T,N,D,H", PERSISTENT_SANITIZE_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked", [False, True])
+def test_persistent_sanitize(cp, T, N, D, H, dtype, masked):
+    """Fixed small shapes through version 3 forward and backward, for compute-sanitizer (memcheck, racecheck,
+    synccheck, initcheck)."""
+    got, want = _persistent_case(cp, np.random.default_rng(T * N * H), dtype, T, N, D, H, masked)
+    for name, g, w in zip(PERSISTENT_NAMES, got, want):
+        _check(name, g, w, RTOL[dtype])

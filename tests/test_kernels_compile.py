@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from npylstm import gpu, gru_gpu
+from npylstm import gpu, gru_gpu, persistent
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = "sm_90"  # the H100 / H200 this project is timed on
 # every kernel file with its loader module (KERNEL_FILE, NAME_EXPRESSIONS, KERNEL_VERSIONS, KERNEL_NAMES, THREADS1)
-KERNEL_MODULES = pytest.mark.parametrize("mod", [gpu, gru_gpu], ids=["lstm", "gru"])
+KERNEL_MODULES = pytest.mark.parametrize("mod", [gpu, gru_gpu, persistent], ids=["lstm", "gru", "persistent"])
 
 
 def _missing(what):
@@ -98,12 +98,15 @@ def test_nvrtc_compiles_the_loader_source_as_cupy_would(mod, monkeypatch):
     code and its registers as they are; nvcc above compiles without it)."""
     nvrtc = _nvrtc()
     monkeypatch.setenv(gpu.LINEINFO_ENV, "1")
+    extra = ()
+    if mod is persistent:   # cooperative_groups.h: NVRTC has no copy of its own (persistent.cooperative_include)
+        extra = persistent.cooperative_include() or _missing("cooperative_groups.h (the CUDA toolkit's headers)")
     prog = nvrtc.createProgram(gpu.load_source(mod.KERNEL_FILE), mod.KERNEL_FILE, [], [])
     try:
         for expr in mod.NAME_EXPRESSIONS:
             nvrtc.addNameExpression(prog, expr)
         # CuPy's RawModule adds -ftz=true and -arch=sm_XX for the device to the loader's options
-        options = list(gpu.compile_options()) + ["-ftz=true", f"-arch={ARCH}", "--ptxas-options=-v"]
+        options = list(gpu.compile_options()) + list(extra) + ["-ftz=true", f"-arch={ARCH}", "--ptxas-options=-v"]
         assert "-lineinfo" in options
         try:
             nvrtc.compileProgram(prog, options)
@@ -176,7 +179,9 @@ def test_kernel_dir_is_the_checkout_kernels():
     assert (gpu.kernel_dir() / "lstm_gates.cuh").is_file()
 
 
-@pytest.mark.parametrize("mod,names", [(gpu, ("THREADS1", "TJ", "TN")), (gru_gpu, ("THREADS1",))], ids=["lstm", "gru"])
+@pytest.mark.parametrize("mod,names", [(gpu, ("THREADS1", "TJ", "TN")), (gru_gpu, ("THREADS1",)),
+                                       (persistent, ("VEC_BYTES3", "MAX_ROWS3", "MAX_THREADS3"))],
+                         ids=["lstm", "gru", "persistent"])
 def test_launch_constants_match_the_kernel_file(mod, names):
     cu = (gpu.kernel_dir() / mod.KERNEL_FILE).read_text()
     for name in names:
@@ -188,9 +193,10 @@ def test_launch_constants_match_the_kernel_file(mod, names):
 
 @KERNEL_MODULES
 def test_every_version_has_all_kernels_in_both_dtypes(mod):
-    assert len(mod.NAME_EXPRESSIONS) == len(mod.KERNEL_VERSIONS) * len(mod.KERNEL_NAMES) * 2
+    versions = gpu.STEP_VERSIONS if mod is gpu else mod.KERNEL_VERSIONS   # gpu's version 3 is persistent's file
+    assert len(mod.NAME_EXPRESSIONS) == len(versions) * len(mod.KERNEL_NAMES) * 2
     cu = (gpu.kernel_dir() / mod.KERNEL_FILE).read_text()
-    for v in mod.KERNEL_VERSIONS:
+    for v in versions:
         assert f"Version {v} (" in cu, f"version {v} has no paragraph in the header comment"
         for name in mod.KERNEL_NAMES:
             assert f"{name}{v}(" in cu
@@ -226,7 +232,7 @@ def test_wheel_ships_the_kernels_and_the_loader_finds_them(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("npylstm-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-        for f in ("lstm_kernels.cu", "lstm_gates.cuh", "gru_kernels.cu", "gru_gates.cuh"):
+        for f in ("lstm_kernels.cu", "lstm_persistent.cu", "lstm_gates.cuh", "gru_kernels.cu", "gru_gates.cuh"):
             assert f"npylstm/kernels/{f}" in names, names
         z.extractall(tmp_path / "site")
     away = tmp_path / "elsewhere"

@@ -7,8 +7,6 @@ arithmetic without a GPU. In CI (env CI set) a missing g++ is a failure, not a s
 """
 
 import ctypes
-import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -16,6 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emulator import RACE_HELPERS, build_emulator, run_under_thread_sanitizer
+from emulator import launch_on_cpu as _launch_on_cpu
+from emulator import need_tool as _need_tool
 from npylstm.cell import GATES, step_backward, step_forward
 from npylstm.gpu import kernel_dir
 
@@ -72,15 +73,6 @@ int gate_index(char name) {
 int num_gates() { return NUM_GATES; }
 }
 """
-
-
-def _need_tool(name):
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} not found: CI must compile the kernel header for the CPU")
-        pytest.skip(f"{name} not found")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -186,169 +178,17 @@ def test_header_sigmoid_is_overflow_safe(lib, dtype):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The kernels themselves, run on the CPU. lstm_kernels.cu (the loader's spliced source, unchanged) is compiled
-# by g++ with a shim: one std::thread per CUDA thread of a block, running the blocks one after another (so a
-# function-static stands for __shared__), __syncthreads() is a std::barrier, and so is the end of each block.
-# The launcher takes arguments the way cuLaunchKernel does (an array of pointers to each value) and refuses
-# a wrong count, size or kind (pointer / int) of argument, so gpu.py's real launch code (grid shapes,
-# argument order, np.int32 sizes, the NULL convention) runs against the real kernel code, on NumPy arrays.
-# Arrays sit between guard zones that must come back untouched (an out-of-bounds write shows).
+# The kernels themselves, run on the CPU through tests/emulator.py: lstm_kernels.cu (the loader's spliced source)
+# compiled by g++ with a shim, one OS thread per CUDA thread, several blocks live at once in a seeded random order,
+# shared memory poisoned at every block start, arguments that share an allocation sharing it in the kernel, and
+# sm_90's launch limits checked. gpu.py's real launch code (grid shapes, argument order, np.int32 sizes, the NULL
+# convention) runs against the real kernel code, on NumPy arrays; a wrong count or kind of argument is refused,
+# and an allocation's guard zones (and its bytes outside every argument's view) must come back untouched.
 # ---------------------------------------------------------------------------------------------------------
-EMULATOR = r"""
-#include <barrier>
-#include <cmath>
-#include <cstring>
-#include <thread>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-struct dim3 { unsigned x = 1, y = 1, z = 1; };
-static thread_local dim3 threadIdx, blockIdx;
-static dim3 blockDim, gridDim;
-static std::barrier<>* block_barrier = nullptr;
-static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-#define __global__
-#define __host__
-#define __device__
-#define __shared__ static
-#define __launch_bounds__(...)
-
-#include "spliced.cu"
-
-template <typename A>
-constexpr char kind_of() { return std::is_pointer_v<A> ? 'p' : (std::is_integral_v<A> ? 'i' : 'f'); }
-
-template <typename... Args, std::size_t... I>
-static void invoke(void (*k)(Args...), void** params, std::index_sequence<I...>) {
-    k(*static_cast<std::remove_cv_t<Args>*>(params[I])...);
-}
-
-template <typename... Args>
-static int launch(void (*k)(Args...), const unsigned* grid, const unsigned* block, void** params,
-                  const char* kinds, int nparams) {
-    if (nparams != (int)sizeof...(Args)) return 1000 + (int)sizeof...(Args);       // wrong argument count
-    const char expected[] = {kind_of<Args>()..., 0};
-    for (int i = 0; i < nparams; ++i) if (kinds[i] != expected[i]) return 2000 + i;  // wrong kind at i
-    gridDim = {grid[0], grid[1], 1};
-    blockDim = {block[0], block[1], 1};
-    const int threads = (int)(block[0] * block[1]);
-    std::barrier<> bar(threads);
-    block_barrier = &bar;
-    std::vector<std::thread> pool;  // one thread per CUDA thread of a block; they run the blocks one after another
-    pool.reserve(threads);
-    for (unsigned ty = 0; ty < block[1]; ++ty)
-        for (unsigned tx = 0; tx < block[0]; ++tx)
-            pool.emplace_back([=, &bar] {
-                threadIdx = {tx, ty, 0};
-                for (unsigned by = 0; by < grid[1]; ++by)
-                    for (unsigned bx = 0; bx < grid[0]; ++bx) {
-                        blockIdx = {bx, by, 0};
-                        invoke(k, params, std::index_sequence_for<Args...>{});
-                        bar.arrive_and_wait();  // the block is done before the next one reuses __shared__
-                    }
-            });
-    for (auto& t : pool) t.join();
-    return 0;
-}
-
-#define KERNEL(name, T) if (std::strcmp(want, "npylstm::" #name "<" #T ">") == 0) \
-    return launch(&npylstm::name<T>, grid, block, params, kinds, nparams);
-
-extern "C" int emulate(const char* want, const unsigned* grid, const unsigned* block, void** params,
-                       const char* kinds, int nparams) {
-@KERNELS@
-    return -1;  // unknown name
-}
-"""
-
-
-def emulator_source(name_expressions):
-    """EMULATOR dispatching to every kernel of `name_expressions` ('npylstm::name<T>', the loader's list)."""
-    lines = [f"    KERNEL({e[len('npylstm::'):].replace('<', ', ').rstrip('>')})" for e in name_expressions]
-    return EMULATOR.replace("@KERNELS@", "\n".join(lines))
-
-GUARD = 64                 # elements of guard zone on each side of every array argument
-GUARD_VALUE = -7.77e7      # what the guard zones hold; anything else afterwards was written out of bounds
-
-
-def build_emulator(d, kernel_file, name_expressions):
-    """The kernels of kernels/`kernel_file` (the loader's spliced source) built by g++ into d/emulator.so."""
-    from npylstm import gpu
-    gxx = _need_tool("g++")
-    (d / "spliced.cu").write_text(gpu.load_source(kernel_file))
-    (d / "emulator.cpp").write_text(emulator_source(name_expressions))
-    so = d / "emulator.so"
-    r = subprocess.run([gxx, "-O1", "-std=c++20", "-pthread", "-shared", "-fPIC", "-w", "-o", str(so),
-                        str(d / "emulator.cpp")], capture_output=True, text=True, cwd=d)
-    assert r.returncode == 0, f"g++ failed on {kernel_file}:\n{r.stderr}"
-    lib = ctypes.CDLL(str(so))
-    lib.emulate.restype = ctypes.c_int
-    return lib
-
-
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     from npylstm import gpu
     return build_emulator(tmp_path_factory.mktemp("kernels_cpu"), gpu.KERNEL_FILE, gpu.NAME_EXPRESSIONS)
-
-
-class EmulatedKernel:
-    """Called like a CuPy RawKernel: f(grid, block, args); runs the real kernel code on the CPU."""
-
-    def __init__(self, lib, name, dtype):
-        self.lib, self.name, self.dtype = lib, name, np.dtype(dtype)
-        self.launches = 0
-
-    def __call__(self, grid, block, args):
-        grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
-        assert grid[2] == 1 and block[2] == 1 and all(g >= 1 for g in grid), (self.name, grid)
-        assert block[0] * block[1] <= 1024, f"{self.name}: {block} is more than 1024 threads per block"
-        kinds, values, guarded = [], [], []
-        for i, a in enumerate(args):
-            if isinstance(a, np.ndarray):
-                assert a.dtype == self.dtype, f"{self.name}: argument {i} is {a.dtype}"
-                assert a.flags.c_contiguous, f"{self.name}: argument {i} is not C-contiguous"
-                buf = np.full(a.size + 2 * GUARD, GUARD_VALUE, a.dtype)
-                buf[GUARD:GUARD + a.size] = a.reshape(-1)
-                guarded.append((i, a, buf))
-                values.append(ctypes.c_void_p(buf.ctypes.data + GUARD * a.itemsize))
-                kinds.append("p")
-            elif isinstance(a, np.uint64):  # gpu.NULL
-                assert a == 0
-                values.append(ctypes.c_void_p(0))
-                kinds.append("p")
-            elif isinstance(a, np.int32):
-                values.append(ctypes.c_int32(int(a)))
-                kinds.append("i")
-            else:
-                raise AssertionError(f"{self.name}: argument {i} is a {type(a).__name__}; "
-                                     f"sizes must be np.int32 and null pointers gpu.NULL")
-        params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        rc = self.lib.emulate(self.name.encode(), (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), params,
-                              "".join(kinds).encode(), len(values))
-        assert rc == 0, f"{self.name}: launch refused, code {rc} (1000+n: kernel takes n arguments; 2000+i: kind of argument i)"
-        for i, a, buf in guarded:
-            assert (buf[:GUARD] == GUARD_VALUE).all() and (buf[GUARD + a.size:] == GUARD_VALUE).all(), (
-                f"{self.name}: out-of-bounds write around argument {i}")
-            a.reshape(-1)[:] = buf[GUARD:GUARD + a.size]
-        self.launches += 1
-
-
-def _launch_on_cpu(monkeypatch, emulator, module):
-    """Make `module`'s launches (npylstm.gpu's or gru_gpu's get_function) run the real kernels on the CPU
-    through `emulator`, NumPy arrays standing for CuPy's; returns the kernels made, by full name."""
-    from npylstm import gpu
-    made = {}
-
-    def get_function(name, version, dtype):
-        full = f"npylstm::{name}{version}<{gpu.TYPE_NAMES[np.dtype(dtype)]}>"
-        return made.setdefault(full, EmulatedKernel(emulator, full, dtype))
-
-    monkeypatch.setattr(module, "get_function", get_function)
-    monkeypatch.setattr(gpu, "require_cuda", lambda where="": np)
-    monkeypatch.setattr(gpu, "POISON", True)
-    return made
 
 
 @pytest.fixture
@@ -438,27 +278,6 @@ def test_emulated_launch_refuses_a_wrong_argument_list(kernels_on_cpu):
 # A standalone driver over the same emulator, built with ThreadSanitizer: a data race between the threads of a
 # block (a missing or misplaced __syncthreads, two threads writing one element) is reported, the CPU-side
 # counterpart of compute-sanitizer's racecheck. Shapes cut tiles on every edge: N = 9 (TN = 8), H = 40, D = 37.
-RACE_HELPERS = r"""
-#include <array>
-#include <cstdio>
-#include <random>
-#include <tuple>
-#include "emulator.cpp"
-
-template <typename... Args, std::size_t... I>
-static int run_impl(void (*k)(Args...), const unsigned* g, const unsigned* b,
-                    std::tuple<std::remove_cv_t<Args>...>& t, std::index_sequence<I...>) {
-    void* params[] = {(void*)&std::get<I>(t)...};
-    const char kinds[] = {kind_of<Args>()..., 0};
-    return launch(k, g, b, params, kinds, (int)sizeof...(Args));
-}
-
-template <typename... Args, typename... Vals>
-static int run(void (*k)(Args...), std::array<unsigned, 3> g, std::array<unsigned, 3> b, Vals... vals) {
-    std::tuple<std::remove_cv_t<Args>...> t(vals...);
-    return run_impl(k, g.data(), b.data(), t, std::index_sequence_for<Args...>{});
-}
-"""
 RACE_DRIVER = RACE_HELPERS + r"""
 template <typename T>
 static int all(int N, int D, int H) {
@@ -505,25 +324,6 @@ int main() {
     return rc;
 }
 """
-
-
-def run_under_thread_sanitizer(tmp_path, kernel_file, name_expressions, driver):
-    """Build `driver` (which includes emulator.cpp) over kernels/`kernel_file` with -fsanitize=thread and run it."""
-    from npylstm import gpu
-    gxx = _need_tool("g++")
-    (tmp_path / "spliced.cu").write_text(gpu.load_source(kernel_file))
-    (tmp_path / "emulator.cpp").write_text(emulator_source(name_expressions))
-    (tmp_path / "race.cpp").write_text(driver)
-    exe = tmp_path / "race"
-    r = subprocess.run([gxx, "-fsanitize=thread", "-g", "-O1", "-std=c++20", "-pthread", "-w", "-o", str(exe),
-                        str(tmp_path / "race.cpp")], capture_output=True, text=True, cwd=tmp_path)
-    if r.returncode != 0 and "tsan" in r.stderr.lower() and not os.environ.get("CI"):
-        pytest.skip(f"ThreadSanitizer is not available: {r.stderr[-300:]}")
-    assert r.returncode == 0, f"g++ -fsanitize=thread failed:\n{r.stderr}"
-    r = subprocess.run([str(exe)], capture_output=True, text=True, cwd=tmp_path,
-                       env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
-    assert "ThreadSanitizer" not in r.stderr, r.stderr[:4000]
-    assert r.returncode == 0 and "launch codes: 0" in r.stdout, (r.returncode, r.stdout, r.stderr[:2000])
 
 
 def test_kernels_have_no_data_race_under_thread_sanitizer(tmp_path):

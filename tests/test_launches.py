@@ -255,7 +255,7 @@ GRU_ONCE = {  # reset_after -> forward, backward (without a mask; a mask adds it
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
-@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@pytest.mark.parametrize("kernel", gpu.STEP_VERSIONS)
 def test_lstm_launches_per_step_are_the_docstring_table(counting, kernel, masked):
     (fwd_step, fwd_once), (bwd_step, bwd_once), (lookups_step, lookups_once) = _lstm_counts(kernel, masked)
     table = _docstring_table(gpu, f"version {kernel}")
@@ -287,7 +287,7 @@ LONE_STEP = {1: ({"gemm": 2, "elementwise": 1, "kernel": 1}, {"kernel": 1, "gemm
              2: ({"kernel": 1}, {"kernel": 1, "gemm": 2, "sum": 1})}
 
 
-@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@pytest.mark.parametrize("kernel", gpu.STEP_VERSIONS)
 def test_lone_step_launches_are_the_docstring_count(counting, kernel):
     rng = np.random.default_rng(0)
     N, D, H = 3, 2, 4
@@ -313,7 +313,7 @@ def _close(name, got, want):
 
 
 @pytest.mark.parametrize("kind", ["pre", "post"])
-@pytest.mark.parametrize("kernel", gpu.KERNEL_VERSIONS)
+@pytest.mark.parametrize("kernel", gpu.STEP_VERSIONS)
 def test_lstm_padding_masks_match_sequence_py(on_cpu, kernel, kind):
     rng = np.random.default_rng(11)
     T, N, D, H = 4, 9, 5, 33                                     # N past the tile height 8, H past the tile width 32
@@ -361,7 +361,7 @@ def test_layer_on_the_emulated_gpu_equals_the_cpu_layer(on_cpu, monkeypatch, ker
     """Multi-layer, batch_first, stateful carried state across calls, mask: the LSTM layer over the GPU backend.
     kernel None: the backend asks choose_kernel per call (here made to alternate, to see it asked)."""
     asked = []
-    monkeypatch.setattr(gpu, "choose_kernel", lambda N, H: asked.append((N, H)) or 1 + len(asked) % 2)
+    monkeypatch.setattr(gpu, "choose_kernel", lambda N, H, *_, **__: asked.append((N, H)) or 1 + len(asked) % 2)
     monkeypatch.setattr(gpu, "to_device", lambda a, device: np.asarray(a))
     rng = np.random.default_rng(3)
     cpu = LSTM(3, 5, num_layers=2, batch_first=batch_first, dtype=np.float64, seed=1, stateful=True)
