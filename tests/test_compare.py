@@ -98,3 +98,15 @@ def test_time_epochs_alternates_the_cells():
     times = compare.time_epochs(fits, 4)
     assert calls == ["lstm", "gru", "gru", "lstm", "lstm", "gru", "gru", "lstm"]
     assert all(len(times[c][0]) == len(times[c][1]) == 4 for c in compare.CELLS)
+
+
+def test_compare_trains_only_the_sine_models_it_reports(monkeypatch):
+    """compare reports the stateless and stateful sine rows: the stacked and dense models are not trained."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("compare trained a model it does not report")
+
+    monkeypatch.setattr(sine, "train_dense", refuse)
+    real = sine.train_stateful
+    monkeypatch.setattr(sine, "train_stateful", lambda *a: refuse() if a[-1] != 1 else real(*a))
+    results, _ = sine.experiment(seed=0, quick=True, progress=False, extras=False)
+    assert set(results["free_run_mse_vs_clean"]) == {"stateless", "stateful", "steps"}

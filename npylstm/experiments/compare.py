@@ -66,7 +66,7 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True):
     found, fits = {}, {}
     for cell in CELLS:
         res, arrays = sine.experiment(seed=seed, quick=quick, epochs=epochs, device=device, progress=progress,
-                                      cell=cell)
+                                      cell=cell, extras=False)
         mse = res["test_mse"]
         for kind in ("stateless", "stateful"):
             found[(f"sine_{kind}", cell)] = {

@@ -253,9 +253,11 @@ def source(seed, noise, data):
 
 @common.one_blas_thread()
 def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, cell="lstm", layers=None,
-               noise=SIGMA, data=None):
+               noise=SIGMA, data=None, extras=True):
     """Run (a), (b), (b'), (d), (c) with recurrent layers of kind `cell` ("lstm" / "gru") on the noisy sine,
-    or on `data` : (S,) (a series of your own); returns (results dict for the JSON, arrays for the figure)."""
+    or on `data` : (S,) (a series of your own); returns (results dict for the JSON, arrays for the figure).
+    extras=False trains only (a) and (b), the two `npylstm compare` reports."""
+    models = MODELS if extras else MODELS[:2]
     s = settings(quick, epochs, layers)
     rng = np.random.default_rng(seed + 1)   # shuffling; seed itself made the data
     t, clean, series, (mu, sd) = source(seed, noise, data)
@@ -288,6 +290,8 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, ce
 
     # (b) stateful streams, (b') the same stacked
     for name, L in (("stateful", 1), ("stacked_stateful", s["layers"])):
+        if name not in models:
+            continue
         model, streams, hist[name], seconds[name] = train_stateful(train_part, s, seed, rng, device, progress, cell, L)
         one_step = clone_stateless(model, True).predict(z[None, :-1, None])[0, :, 0]   # one_step[k] predicts z[k + 1]
         pred[name] = one_step[n_train - 1:]
@@ -296,12 +300,13 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, ce
         params[name] = model.num_parameters()
 
     # (d) dense, on the windows of (a)
-    with common.Timer() as tm:
-        mlp, hist["dense"] = train_dense(X_train, y_train, s, seed, np.random.default_rng(seed + 2), progress)
-    seconds["dense"] = tm.seconds
-    pred["dense"] = dense_forward(mlp, X_test)[0][:, 0]
-    free["dense"] = sliding_forecast(lambda x: dense_forward(mlp, x)[0], train_part[-WINDOW:], FREE_RUN_STEPS)
-    params["dense"] = sum(layer.num_parameters() for layer in mlp)
+    if "dense" in models:
+        with common.Timer() as tm:
+            mlp, hist["dense"] = train_dense(X_train, y_train, s, seed, np.random.default_rng(seed + 2), progress)
+        seconds["dense"] = tm.seconds
+        pred["dense"] = dense_forward(mlp, X_test)[0][:, 0]
+        free["dense"] = sliding_forecast(lambda x: dense_forward(mlp, x)[0], train_part[-WINDOW:], FREE_RUN_STEPS)
+        params["dense"] = sum(layer.num_parameters() for layer in mlp)
 
     pred = {k: unscale(v) for k, v in pred.items()}
     free = {k: unscale(v) for k, v in free.items()}
@@ -309,7 +314,7 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, ce
     horizon = min(FREE_RUN_STEPS, S - n_train)
     reference = series if clean is None else clean                 # what the free run is held against
     test_mse = {k: mse(v, y_test) for k, v in pred.items()}
-    free_mse = {k: mse(free[k][:horizon], reference[n_train:n_train + horizon]) for k in MODELS}
+    free_mse = {k: mse(free[k][:horizon], reference[n_train:n_train + horizon]) for k in models}
     free_mse["steps"] = horizon
     config = dict(seed=seed, quick=quick, device=device, cell=cell, window=WINDOW, test_fraction=TEST_FRACTION,
                   points=S, train_points=n_train, test_points=S - n_train,
@@ -324,7 +329,7 @@ def experiment(seed=0, quick=False, epochs=None, device="cpu", progress=True, ce
         "config": config,
         "test_mse": test_mse,
         ("free_run_mse_vs_test" if clean is None else "free_run_mse_vs_clean"): free_mse,
-        "free_run": {k: free[k] for k in MODELS},          # the continuations themselves, in the data's units
+        "free_run": {k: free[k] for k in models},          # the continuations themselves, in the data's units
         "final_train_loss": {k: h["loss"][-1] for k, h in hist.items()},
         "history": {k: h["loss"] for k, h in hist.items()},
         "epoch_seconds": {k: h["epoch_seconds"] for k, h in hist.items()},
