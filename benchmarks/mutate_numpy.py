@@ -10,8 +10,9 @@ slip in a hand derivation would:
 and each mutant, in a temporary copy of the repository, is run against
   (a) the test files that exercise the mutated module (TARGETS below; pytest -x, CI=true: derandomized
       hypothesis), and
-  (b) `npylstm gradcheck` alone, the default run (and, with --compare-rev REV, the default check of
-      npylstm/gradcheck.py as it was at git revision REV, for a before/after figure);
+  (b) `npylstm gradcheck` alone: its default run's checks, the same draws, stopped at the first failing
+      check (npylstm.gradcheck.iter_gradients; the command runs them all, and fails where this fails); with
+      --compare-rev REV, also the default check of npylstm/gradcheck.py as it was at git revision REV;
 a mutant is caught (killed) when the run fails, errs or times out. Lines in error messages are not mutated.
 
     python benchmarks/mutate_numpy.py [--modules cell,sequence] [--limit N] [--jobs 1] [--json out/mutants.json]
@@ -175,7 +176,9 @@ REV_MODULE = "gradcheck_at_rev"   # --compare-rev: the older gradcheck.py, copie
 def checks(module, rev=None):
     """The runs of a mutant of `module`: its test files, the default gradient check (and the older one)."""
     pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TARGETS[module][2]]
-    runs = {"tests": pytest, "gradcheck": [sys.executable, "-m", "npylstm", "gradcheck"]}
+    first_failure = ("import sys; from npylstm.gradcheck import iter_gradients; "
+                     "sys.exit(any(not all(r.passed for r in rows) for rows in iter_gradients()))")
+    runs = {"tests": pytest, "gradcheck": [sys.executable, "-c", first_failure]}
     if rev:
         runs[f"gradcheck@{rev}"] = [sys.executable, "-c", f"import sys; from npylstm import {REV_MODULE} as g; "
                                     f"sys.exit(0 if all(r.passed for r in g.check_gradients()) else 1)"]

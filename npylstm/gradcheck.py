@@ -547,6 +547,14 @@ def check_gradients(layers=2, hidden=4, steps=5, batch=3, input_size=3, seed=0, 
                Linear head, the cross-entropy and the MSE)
     weight_scale widens the weights (U(±scale/√(D+H))) so that some gates run saturated.
     """
+    return [r for rows in iter_gradients(layers, hidden, steps, batch, input_size, seed, weight_scale, tol,
+                                         variants, masks, levels) for r in rows]
+
+
+def iter_gradients(layers=2, hidden=4, steps=5, batch=3, input_size=3, seed=0, weight_scale=2.0, tol=REL_TOL,
+                   variants=VARIANTS, masks=MASKS, levels=LEVELS):
+    """check_gradients one check at a time: yields each check's rows (the same draws), so a caller may stop
+    at the first failure."""
     where = "check_gradients"
     for name, v in (("layers", layers), ("hidden", hidden), ("steps", steps), ("batch", batch),
                     ("input_size", input_size)):
@@ -559,19 +567,16 @@ def check_gradients(layers=2, hidden=4, steps=5, batch=3, input_size=3, seed=0, 
             raise ValueError(f"{where}: {name} must be a non-empty list of {', '.join(allowed)}; got {given!r}")
     rng = np.random.default_rng(seed)
     size = dict(T=steps, N=batch, D=input_size, H=hidden, scale=weight_scale, tol=tol)
-    rows = []
     for v in variants:
         if "cell" in levels:
-            rows += [r._replace(level=_label(v, "cell", "none")) for r in check_function(rng, v, "cell", **size)]
+            yield [r._replace(level=_label(v, "cell", "none")) for r in check_function(rng, v, "cell", **size)]
         if "sequence" in levels:
             for m in masks:
-                rows += [r._replace(level=_label(v, "sequence", m))
-                         for r in check_function(rng, v, "sequence", m, **size)]
+                yield [r._replace(level=_label(v, "sequence", m)) for r in check_function(rng, v, "sequence", m, **size)]
         if "layer" in levels:
-            rows += check_rnn_layer(rng, v, masks[-1], layers=layers, **size)
+            yield check_rnn_layer(rng, v, masks[-1], layers=layers, **size)
     if "model" in levels:
-        rows += check_model(rng, variants, masks[-1], **size)
-    return rows
+        yield check_model(rng, variants, masks[-1], **size)
 
 
 # ---------------------------------------------------------------------- report
