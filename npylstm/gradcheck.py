@@ -293,6 +293,34 @@ def _state_names(layer, state):
     return ["state"] if not isinstance(state, (tuple, list)) else [f"state[{i}]" for i in range(leaves)]
 
 
+def _layer_protocol(where, layer, selected):
+    """(forward, names of the parameters to check), once the layer is known to follow the protocol with
+    float64 parameters and no carried state."""
+    for attr in ("backward", "zero_grad"):
+        _check_callable(where, f"layer.{attr}", getattr(layer, attr, None))
+    fwd = getattr(layer, "forward", layer)
+    _check_callable(where, "layer.forward (or the layer itself)", fwd)
+    params, grads = getattr(layer, "params", None), getattr(layer, "grads", None)
+    if not isinstance(params, dict) or not isinstance(grads, dict):
+        raise TypeError(f"{where}: layer must have dicts params and grads (name -> array), "
+                        f"got {type(params).__name__} and {type(grads).__name__}")
+    if selected is not None:
+        unknown = [k for k in selected if k not in params] if not isinstance(selected, str) else [selected]
+        if unknown:
+            raise ValueError(f"{where}: params must be names in layer.params, got {unknown!r} "
+                             f"(the layer has {sorted(params)})")
+    for name, p in params.items():
+        if not isinstance(p, np.ndarray) or p.dtype != np.float64 or not p.flags.c_contiguous:
+            what = type(p).__name__ if not isinstance(p, np.ndarray) else (
+                f"dtype {p.dtype}" if p.dtype != np.float64 else "not C-contiguous")
+            raise ValueError(f"{where}: parameter {name!r} must be a C-contiguous float64 NumPy array "
+                             f"(finite differences need float64: build the layer with dtype=np.float64), got {what}")
+    if getattr(layer, "stateful", False):
+        raise ValueError(f"{where}: the layer is stateful: each call starts from the state the last one left, "
+                         f"so its output is not a function of x alone; check a stateless layer")
+    return fwd, list(params if selected is None else selected)
+
+
 def check_layer(layer, x, *, state=None, mask=None, loss=None, target=None, params=None, seed=0, tol=REL_TOL,
                 eps=FD_EPS):
     """Check a layer's backward against central differences: dx, the initial state's gradient (if `state`
@@ -316,29 +344,7 @@ def check_layer(layer, x, *, state=None, mask=None, loss=None, target=None, para
     """
     where = "check_layer"
     tol, eps = _check_settings(where, tol, eps, seed)
-    for attr in ("backward", "zero_grad"):
-        _check_callable(where, f"layer.{attr}", getattr(layer, attr, None))
-    fwd = getattr(layer, "forward", layer)
-    _check_callable(where, "layer.forward (or the layer itself)", fwd)
-    selected = params
-    params, grads = getattr(layer, "params", None), getattr(layer, "grads", None)
-    if not isinstance(params, dict) or not isinstance(grads, dict):
-        raise TypeError(f"{where}: layer must have dicts params and grads (name -> array), "
-                        f"got {type(params).__name__} and {type(grads).__name__}")
-    if selected is not None:
-        unknown = [k for k in selected if k not in params] if not isinstance(selected, str) else [selected]
-        if unknown:
-            raise ValueError(f"{where}: params must be names in layer.params, got {unknown!r} "
-                             f"(the layer has {sorted(params)})")
-    for name, p in params.items():
-        if not isinstance(p, np.ndarray) or p.dtype != np.float64 or not p.flags.c_contiguous:
-            what = type(p).__name__ if not isinstance(p, np.ndarray) else (
-                f"dtype {p.dtype}" if p.dtype != np.float64 else "not C-contiguous")
-            raise ValueError(f"{where}: parameter {name!r} must be a C-contiguous float64 NumPy array "
-                             f"(finite differences need float64: build the layer with dtype=np.float64), got {what}")
-    if getattr(layer, "stateful", False):
-        raise ValueError(f"{where}: the layer is stateful: each call starts from the state the last one left, "
-                         f"so its output is not a function of x alone; check a stateless layer")
+    fwd, params = _layer_protocol(where, layer, params)
     if isinstance(loss, str):
         if loss not in LOSSES:
             raise ValueError(f"{where}: loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
@@ -365,10 +371,13 @@ def check_layer(layer, x, *, state=None, mask=None, loss=None, target=None, para
                              f"float64 (build the layer with dtype=np.float64)")
         return out
 
-    saved_params = {k: p.copy() for k, p in params.items()}
-    saved_grads = {k: np.array(g) for k, g in grads.items()}
+    saved_params = {k: p.copy() for k, p in layer.params.items()}
+    saved_grads = {k: np.array(g) for k, g in layer.grads.items()}
     try:
         out = call()
+        if not _same(_outputs(where, "the layer's outputs", out), _outputs(where, "the layer's outputs", call())):
+            raise ValueError(f"{where}: the layer returned different outputs for the same x (does it draw random "
+                             f"numbers, or keep state from call to call?)")
         extras = list(out[1:]) if isinstance(out, tuple) else []
         extras = extras[:max(_positional_capacity(layer.backward) - 1, 0)] if loss is None else []
         y = out[0] if isinstance(out, tuple) else out
@@ -391,12 +400,11 @@ def check_layer(layer, x, *, state=None, mask=None, loss=None, target=None, para
                 raise ValueError(f"{where}: backward returned {len(dstate)} state gradients, expected {len(names) - 1}")
             analytic.update(zip(names[1:], dstate))
         grads = layer.grads
-        checked = list(params if selected is None else selected)
-        missing = [k for k in checked if k not in grads]
+        missing = [k for k in params if k not in grads]
         if missing:
             raise ValueError(f"{where}: layer.grads has no entry for {missing}: backward must add every "
                              f"parameter's gradient into grads")
-        analytic.update((k, grads[k]) for k in checked)
+        analytic.update((k, grads[k]) for k in params)
         arrays.update(layer.params)
         for name, g in analytic.items():
             g = np.asarray(g)

@@ -303,6 +303,17 @@ def test_check_layer_restores_the_parameters_and_grads_exactly():
     np.testing.assert_array_equal(layer.y, np.tanh(x @ params["W"] + params["b"]))
 
 
+def test_check_layer_refuses_a_layer_whose_output_changes_from_call_to_call():
+    class Dropout(TanhDense):
+        rng = np.random.default_rng(0)
+
+        def forward(self, x):
+            return super().forward(x) * (self.rng.random((x.shape[0], 3)) > 0.5)
+
+    with pytest.raises(ValueError, match="check_layer: the layer returned different outputs for the same x"):
+        check_layer(Dropout(4, 3, seed=1), np.ones((5, 4)))
+
+
 # ---------------------------------------------------------------- check_layer: npylstm's layers
 def lstm_layer(seed, **kw):
     rng = np.random.default_rng(seed)
