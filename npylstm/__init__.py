@@ -1,7 +1,7 @@
 """npylstm: an LSTM from scratch, to be read, checked and timed."""
 
 from .cell import GATES, step_backward, step_forward
-from .gradcheck import GradcheckRow, check_gradients
+from .gradcheck import GradcheckRow, assert_backward, check_backward, check_gradients, check_layer
 from .interop import from_keras, from_torch, to_keras, to_torch_state_dict
 from .lstm import LSTM
 from .sequence import sequence_backward, sequence_forward

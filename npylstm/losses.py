@@ -9,6 +9,10 @@ cross_entropy_loss(logits, target, mask=None) -> (loss, dlogits)      Z : (..., 
     loss  = -Σ_rows m Σ_c Y_c log p_c / rows             rows = number of unmasked rows
     dZ    = m (p Σ_c Y_c - Y) / rows                     (= m (p - Y) / rows for one-hot Y)
 
+Y may be class ids, one-hot rows, probabilities (label smoothing, distillation) or any soft targets: the
+gradient above holds whatever Σ_c Y_c is, so rows that do not sum to 1 (weighted rows, partial labels) get
+the gradient of the loss as written, checked against finite differences in the tests.
+
 The mask holds booleans over the leading axes (e.g. (N, T) for sequence outputs): False marks padding,
 which adds nothing to the loss and gets a zero gradient. With every element masked the loss is 0.0 and
 the gradient zero (an empty mean, taken as nothing to learn).
@@ -89,7 +93,8 @@ def class_targets(where, target, logits_shape):
 def cross_entropy_loss(logits, target, mask=None):
     """Softmax cross-entropy, mean over the unmasked rows.
 
-    logits : (..., C);  target : int class ids (...) or one-hot (..., C);  mask : booleans (...) or None.
+    logits : (..., C);  target : int class ids (...) or float rows (..., C): one-hot, probabilities, or soft
+    targets whose rows need not sum to 1;  mask : booleans (...) or None.
     returns loss (float), dlogits (logits' shape and dtype)
     """
     where = "cross_entropy_loss"

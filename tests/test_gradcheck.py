@@ -1,13 +1,18 @@
-"""The gradient checker itself: it passes on the real backward, catches a planted bug, and its CLI."""
+"""The gradient checker on npylstm's own code: it passes on the real backward, catches a planted bug, and its CLI."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from npylstm import check_gradients, cli
-from npylstm.gradcheck import (FD_FLOOR, LEVELS, REL_TOL, check_layer, check_sequence, format_table,
-                               numeric_gradient, rel_error)
+from npylstm.gradcheck import (FD_FLOOR, MASKS, REL_TOL, VARIANTS, format_table, numeric_gradient, padding_mask,
+                               rel_error)
 
-FD_QUADRATIC_RTOL = 1e-9   # central differences are exact for a quadratic up to round-off (~1e-10)
+SMALL = ["--steps", "3", "--batch", "2", "--hidden", "2", "--input-size", "2", "--layers", "1"]
 
 
 def test_numeric_gradient_of_a_known_function_and_restores_the_input():
@@ -36,29 +41,36 @@ def test_rel_error_is_scaled_by_the_larger_tensor_and_floored():
     assert rel_error(np.zeros(0), np.zeros(0)) == 0.0
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_default_gradcheck_passes_every_tensor_at_every_level(seed):
-    rows = check_gradients(seed=seed)
-    assert [r.level for r in rows].count("cell") == 6
-    assert {r.level for r in rows} == set(LEVELS)
-    assert {r.tensor for r in rows if r.level == "layer"} == {"x", "h0", "c0", "W_x_l0", "W_h_l0", "b_l0",
-                                                                  "W_x_l1", "W_h_l1", "b_l1"}
+def test_padding_masks_hold_full_partial_and_empty_rows():
+    post, pre = padding_mask("post", 5, 3), padding_mask("pre", 5, 3)
+    assert padding_mask("none", 5, 3) is None
+    np.testing.assert_array_equal(post.sum(axis=0), [5, 3, 0])
+    np.testing.assert_array_equal(pre.sum(axis=0), [5, 3, 0])
+    assert post[:3, 1].all() and not post[3:, 1].any()        # real steps first
+    assert pre[2:, 1].all() and not pre[:2, 1].any()          # real steps last
+
+
+def test_the_default_check_covers_both_cells_every_mask_and_the_model():
+    rows = check_gradients()
+    levels = {r.level for r in rows}
+    for v in VARIANTS:
+        assert {f"{v} cell", f"{v} sequence", f"{v} sequence pre", f"{v} sequence post", f"{v} layer post"} <= levels
+    assert {"model cross_entropy post", "model mse post"} <= levels
+    assert {r.tensor for r in rows if r.level == "lstm layer post"} == {
+        "x", "h0", "c0", "W_x_l0", "W_h_l0", "b_l0", "W_x_l1", "W_h_l1", "b_l1"}
+    assert {r.tensor for r in rows if r.level == "gru-before cell"} == {"x", "h_prev", "W_x", "W_h", "b_x", "b_h"}
     for r in rows:
-        assert r.passed and r.max_rel_error < REL_TOL, r
-        assert r.max_rel_error > 0, r              # a real comparison, not an identity
+        assert r.passed and 0 < r.max_rel_error < REL_TOL, r   # a real comparison, not an identity
 
 
-def test_gradcheck_with_a_mask_and_batch_first():
-    rng = np.random.default_rng(3)
-    mask = np.array([[True, True, False], [False, True, True]])          # (N=2, T=3), batch_first
-    rows = check_layer(rng, T=3, N=2, D=2, H=3, layers=2, weight_scale=5.0, batch_first=True, mask=mask)
-    assert all(r.passed for r in rows), format_table(rows)
-    rows = check_sequence(rng, T=3, N=2, D=2, H=3, weight_scale=5.0, mask=mask.T.copy())
-    assert all(r.passed for r in rows), format_table(rows)
+def test_the_same_seed_gives_the_same_rows():
+    kw = dict(steps=2, batch=2, hidden=2, input_size=2, layers=1, variants=["gru-after"], masks=["post"])
+    assert check_gradients(seed=3, **kw) == check_gradients(seed=3, **kw)
+    assert check_gradients(seed=3, **kw) != check_gradients(seed=4, **kw)
 
 
 def _plant_bug(monkeypatch):
-    """A backward that gets dW_h wrong by 1e-3 of one entry -- the checker must see it."""
+    """A sequence backward that gets dW_h wrong by 1e-3 of one entry -- the checker must see it."""
     import npylstm.sequence as seq
     real = seq.sequence_backward
 
@@ -69,35 +81,95 @@ def _plant_bug(monkeypatch):
         return dx, dh0, dc0, dW_x, dW_h, db
 
     monkeypatch.setattr(seq, "sequence_backward", buggy)
-    monkeypatch.setattr("npylstm.gradcheck.sequence_backward", buggy)
 
 
-def test_gradcheck_catches_a_planted_bug(monkeypatch):
+def test_a_planted_bug_fails_exactly_its_rows(monkeypatch):
     _plant_bug(monkeypatch)
-    failed = {(r.level, r.tensor) for r in check_gradients() if not r.passed}
-    assert failed == {("sequence", "W_h"), ("layer", "W_h_l0"), ("layer", "W_h_l1")}
+    rows = check_gradients(variants=["lstm"], steps=3, batch=2, hidden=3, input_size=2)
+    failed = {(r.level, r.tensor) for r in rows if not r.passed}
+    assert failed == {("lstm sequence", "W_h"), ("lstm sequence pre", "W_h"), ("lstm sequence post", "W_h"),
+                      ("lstm layer post", "W_h_l0"), ("lstm layer post", "W_h_l1")}
 
 
-def test_cli_prints_the_table_and_exits_zero(capsys):
-    assert cli.main(["gradcheck", "--layers", "1", "--hidden", "3", "--steps", "2", "--batch", "2"]) == 0
-    out = capsys.readouterr().out
-    header = next(line for line in out.splitlines() if line.startswith("level"))
-    for word in ("level", "tensor", "shape", "max rel error", "result"):
-        assert word in header
-    rows = [line for line in out.splitlines() if line.split()[:1] in (["cell"], ["sequence"], ["layer"])]
-    assert len(rows) == 6 + 6 + 6
-    assert all(line.endswith("pass") for line in rows)
-    assert len({len(line) for line in rows}) == 1            # fixed width
-    assert "18/18 tensors pass" in out
-
-
-def test_cli_exits_nonzero_when_a_tensor_fails(monkeypatch, capsys):
+def test_cli_exits_one_and_shows_the_worst_entries_when_a_tensor_fails(monkeypatch, capsys):
     _plant_bug(monkeypatch)
-    assert cli.main(["gradcheck"]) == 1
+    assert cli.main(["gradcheck", *SMALL, "--cell", "lstm", "--mask", "none"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL" in out and "18/21 tensors pass" in out
+    assert "FAIL" in out and "24/26 tensors pass" in out
+    assert "at [0, 0]: analytic" in out
 
 
-def test_cli_refuses_bad_sizes(capsys):
-    assert cli.main(["gradcheck", "--hidden", "0"]) == 2
-    assert "npylstm gradcheck: check_gradients: hidden must be a positive int, got 0" in capsys.readouterr().out
+def gradcheck(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    return subprocess.run([sys.executable, "-m", "npylstm", "gradcheck", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def table_levels(out):
+    """The table's rows and the set of their levels (the first column, as wide as the header says)."""
+    header = next(line for line in out.splitlines() if line.startswith("level "))
+    rows = [line for line in out.splitlines() if line.endswith(("  pass", "  FAIL"))]
+    assert len({len(line) for line in rows}) == 1                # fixed width
+    return rows, {line[:header.index("tensor")].strip() for line in rows}
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--cell", "lstm", "--mask", "none"], {"lstm cell", "lstm sequence", "lstm layer", "model cross_entropy",
+                                            "model mse"}),
+    (["--cell", "gru", "--reset-after", "false", "--mask", "pre"],
+     {"gru-before cell", "gru-before sequence pre", "gru-before layer pre", "model cross_entropy pre", "model mse pre"}),
+    (["--cell", "gru", "--mask", "post"],
+     {f"{v} {level}" for v in ("gru-after", "gru-before") for level in ("cell", "sequence post", "layer post")}
+     | {"model cross_entropy post", "model mse post"}),
+    (["--reset-after", "true", "--mask", "post"],
+     {"gru-after cell", "gru-after sequence post", "gru-after layer post", "model cross_entropy post", "model mse post"}),
+])
+def test_cli_flags_choose_the_checks(flags, expected):
+    res = gradcheck(*SMALL, *flags)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows, levels = table_levels(res.stdout)
+    assert levels == expected
+    assert f"{len(rows)}/{len(rows)} tensors pass" in res.stdout and res.stderr == ""
+
+
+def test_cli_json_holds_the_rows(tmp_path):
+    path = tmp_path / "rows.json"
+    res = gradcheck(*SMALL, "--cell", "lstm", "--json", str(path))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(path.read_text())
+    rows, _ = table_levels(res.stdout)
+    assert data["total"] == data["passed"] == len(data["rows"]) == len(rows)
+    assert data["variants"] == ["lstm"] and data["masks"] == list(MASKS) and data["hidden"] == 2
+    first = data["rows"][0]
+    assert first["level"] == "lstm cell" and first["tensor"] == "x" and first["shape"] == [2, 2]
+    assert first["passed"] is True and 0 < first["max_rel_error"] < REL_TOL and "worst" not in first
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.json"]      # no temp file left
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cell", "rnn"], "argument --cell: invalid choice: 'rnn'"),
+    (["--mask", "middle"], "argument --mask: invalid choice: 'middle'"),
+    (["--reset-after", "maybe"], "argument --reset-after: invalid choice: 'maybe'"),
+    (["--cell", "lstm", "--reset-after", "true"], "--reset-after is the GRU's"),
+    (["--hidden", "0"], "check_gradients: hidden must be a positive int, got 0"),
+    (["--hidden", "two"], "argument --hidden: invalid int value: 'two'"),
+    (["--scale", "0"], "weight_scale must be a positive number"),
+    (["--seed", "-1"], "--seed must be a non-negative int"),
+    (["--json", os.path.join("no", "such", "folder", "rows.json")], "does not exist"),
+    (["--bugs", "--cell", "lstm"], "--bugs runs its own checks"),
+])
+def test_cli_bad_values_exit_two_with_one_line(flags, message, tmp_path):
+    res = gradcheck(*flags, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("npylstm gradcheck: ") and message in lines[0], res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_format_table_is_fixed_width_and_counts():
+    rows = check_gradients(steps=2, batch=2, hidden=2, input_size=2, layers=1, variants=["lstm"], masks=["none"],
+                           levels=["cell"])
+    text = format_table(rows)
+    assert "6/6 tensors pass" in text
+    assert len({len(line) for line in text.splitlines()[2:-1]}) == 1
