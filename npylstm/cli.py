@@ -2,13 +2,16 @@
 
 import argparse
 import importlib
+import os
 import sys
+
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE (`npylstm gradcheck | head`)
 
 COMMANDS = {
     # name: (module, one-line help); a module is imported only when its command runs
     "gradcheck": ("npylstm.gradcheck", "finite-difference check of every gradient (float64)"),
     "bench": ("npylstm.bench", "time one cell step (or a sequence): NumPy, GPU kernels, PyTorch"),
-    "sine": ("npylstm.experiments.sine", "noisy sine forecasting: stateless vs stateful vs last value"),
+    "sine": ("npylstm.experiments.sine", "noisy sine: five predictors, one step ahead and running free"),
     "alphabet": ("npylstm.experiments.alphabet", "the learn-the-alphabet suite"),
     "gates": ("npylstm.experiments.gates", "heatmaps of I, F, O, C~, C, H over a sequence"),
     "compare": ("npylstm.experiments.compare", "LSTM vs GRU side by side"),
@@ -39,7 +42,12 @@ def main(argv=None):
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         subparsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    return module.run(args)
+    try:
+        return module.run(args)
+    except BrokenPipeError:  # the reader of stdout left (a pipe into head): stop quietly, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return EXIT_BROKEN_PIPE
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -158,3 +158,14 @@ def test_output_path():
     assert common.output_path("out", "alphabet", "png", quick=False) == os.path.join("out", "alphabet.png")
     assert common.output_path("out", "alphabet", "png", quick=True) == os.path.join("out", "alphabet_quick.png")
     assert common.quick_label("title", False) == "title" and "quick run" in common.quick_label("title", True)
+
+
+def test_output_piped_into_a_reader_that_leaves_is_no_traceback():
+    """`npylstm gradcheck | head -1`: the pipe closes early; the command stops quietly (status 141, as SIGPIPE)."""
+    p = subprocess.Popen([sys.executable, "-m", "npylstm", "gradcheck", "--bugs"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline()
+    p.stdout.close()                                  # the reader leaves while the command still prints
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
