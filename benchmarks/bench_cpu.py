@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 CONFIGS = [(50, 32, 1, 64), (100, 1, 64, 64), (100, 32, 128, 128), (100, 64, 256, 256), (100, 128, 512, 512)]
-TARGET_ALL, TARGET_BIG = 1.5, 1.1   # the issue's targets for the forward+backward ratio npylstm / torch
+TARGET_ALL, TARGET_BIG = 1.5, 1.1   # the project's targets for the forward+backward ratio npylstm / torch
 CHECK_RTOL = 1e-4   # float32: npylstm vs torch on the same weights (see tests/test_interop.py)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -265,7 +265,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="A B alternations per configuration (default 5)")
     p.add_argument("--repeats", type=int, default=15, help="timed calls per worker (default 15; fewer for big configs)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
-    p.add_argument("--configs", default=None, help="T,N,D,H;T,N,D,H;... (default: the five of the issue)")
+    p.add_argument("--configs", default=None, help="T,N,D,H;T,N,D,H;... (default: the five benchmark rows)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: perf_counter (default); cpu: process CPU time, for a loaded machine, with --threads 1")
     p.add_argument("--split", action="store_true",
