@@ -624,16 +624,7 @@ class _ArgumentError(Exception):
     pass
 
 
-def _one_line_error(prog):
-    """argparse's error, as one line on stderr and exit status 2 (instead of the usage and a message)."""
-    def error(message):
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-    return error
-
-
 def add_arguments(parser):
-    parser.error = _one_line_error(parser.prog)
     parser.add_argument("--cell", choices=("lstm", "gru"), default=None,
                         help="check only this cell (default: the LSTM and both GRU variants)")
     parser.add_argument("--reset-after", choices=("true", "false"), default=None,
