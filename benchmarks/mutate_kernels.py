@@ -20,8 +20,9 @@ by construction, and tells nothing about the arithmetic.
 Each mutant is written into a private copy of the repository (the working tree is never changed) and a fixed,
 derandomized subset of the CPU tests runs against it (CI=true and Hypothesis's derandomized `ci` profile, without
 shrinking; `-x`; the kernel-arithmetic tests of tests/test_kernels_cpu.py and the real-kernel tests of
-tests/test_emulator.py, only those of the backend(s) whose source includes the file, and for a .cu file not the
-header tests, which do not compile it; ThreadSanitizer runs left out): killed when a test fails
+tests/test_emulator.py, or for version 3 (persistent.py) tests/test_persistent.py, only those of the backend(s)
+whose source includes the file, and for a .cu file not the header tests, which do not compile it;
+ThreadSanitizer runs left out): killed when a test fails
 (or the run crashes or times out), survived when all pass. A survivor whose emulator builds are byte for byte the
 unmutated ones is `not compiled`: no test compiles the changed code (an uninstantiated template, say). g++ builds
 are cached by content (NPYLSTM_EMU_CACHE), so a mutant rebuilds only the emulator its file is in. A kernel file
@@ -53,6 +54,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 COPY = ("npylstm", "kernels", "tests", "pyproject.toml")   # what a private copy of the repository holds
 TEST_FILES = ("tests/test_kernels_cpu.py", "tests/test_emulator.py")
+# a backend whose kernels have their own emulator tests, by npylstm module (the others: TEST_FILES)
+BACKEND_TESTS = {"persistent": ("tests/test_persistent.py",)}
 # the kernel-arithmetic tests: not ThreadSanitizer (it looks for races, not values), and of test_emulator.py only
 # the tests that run npylstm's real kernels (the planted kernels live in the test file, not in kernels/)
 TEST_FILTER = "not thread_sanitizer and (not test_emulator or real_kernels)"
@@ -302,6 +305,7 @@ class Family(NamedTuple):
     names: tuple
     keyword: str      # pytest -k expression picking its tests
     files: frozenset  # kernels/ files spliced into it
+    tests: tuple = TEST_FILES   # the test files that run it
 
 
 def families(root):
@@ -322,7 +326,8 @@ def families(root):
             source = gpu.load_source(module.KERNEL_FILE, root / "kernels")
             spliced = frozenset(re.findall(r'^#line 1 "([^"]+)"', source, re.M))
             keyword = "gru" if "gru" in info.name else "not gru"
-            out.append(Family(module.KERNEL_FILE, tuple(module.NAME_EXPRESSIONS), keyword, spliced))
+            out.append(Family(module.KERNEL_FILE, tuple(module.NAME_EXPRESSIONS), keyword, spliced,
+                              BACKEND_TESTS.get(info.name, TEST_FILES)))
         return out
     finally:
         sys.path.remove(str(root))
@@ -330,7 +335,7 @@ def families(root):
 
 def test_command(file, mutant_families, all_families, tests):
     """pytest's argv for a mutant of kernels/`file`, which is in `mutant_families` (or `tests`, when given): the
-    tests of those backends; for a .cu file not the header tests, which do not compile it."""
+    tests of those backends, in their test files; for a .cu file not the header tests, which do not compile it."""
     pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "mutate_hypothesis"]
     if tests:
         return pytest + tests.split()
@@ -339,7 +344,8 @@ def test_command(file, mutant_families, all_families, tests):
         keyword = f"({' or '.join(f.keyword for f in mutant_families)}) and {keyword}"
     if file.endswith(".cu"):
         keyword = f"not ({HEADER_TESTS}) and {keyword}"
-    return pytest + [*TEST_FILES, "-k", keyword]
+    files = dict.fromkeys(t for f in mutant_families for t in f.tests) or TEST_FILES   # in order, once each
+    return pytest + [*files, "-k", keyword]
 
 
 # ------------------------------------------------------------------------------------------------ running

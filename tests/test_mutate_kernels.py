@@ -128,3 +128,17 @@ def test_a_file_no_backend_compiles_is_skipped_and_said_so(tmp_path):
     mutants, skipped = mk.all_mutants(tmp_path)
     assert "orphan.cu" in skipped and "no CPU test compiles it" in skipped["orphan.cu"]
     assert not [m for m in mutants if m.file == "orphan.cu"]
+
+
+def test_each_kernel_file_runs_against_the_test_files_of_its_backends():
+    """Version 3's kernels run against tests/test_persistent.py (and only there), versions 1-2 against the CPU kernel
+    and emulator tests, a header every backend includes against all of them."""
+    fams = mk.families(ROOT)
+    files = {}
+    for name in ("lstm_persistent.cu", "lstm_kernels.cu", "gru_kernels.cu", "lstm_gates.cuh"):
+        argv = mk.test_command(name, [f for f in fams if name in f.files], fams, None)
+        files[name] = [a for a in argv if a.startswith("tests/")]
+        assert argv[-2] == "-k" and "not thread_sanitizer" in argv[-1]
+    assert files["lstm_persistent.cu"] == ["tests/test_persistent.py"]
+    assert files["lstm_kernels.cu"] == files["gru_kernels.cu"] == list(mk.TEST_FILES)
+    assert files["lstm_gates.cuh"] == [*mk.TEST_FILES, "tests/test_persistent.py"]
