@@ -23,7 +23,6 @@ The helpers the sequence benchmark shares live here too: the argument types (a b
 exit status 2), the worker processes, the interleaved GPU timer, the machine record, the table, the figure title.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cell
+from .experiments.common import out_folder, positive_int
 from .files import atomic_write
 
 SIZES_N = (1, 8, 64, 256)
@@ -50,32 +50,6 @@ PLOT_FIX = 'pip install "npylstm[plot]"'
 
 
 # ------------------------------------------------------------------------------------------ arguments
-def positive_int(text):
-    """argparse type: a whole number >= 1 (a bad one is argparse's one-line error and exit status 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def out_folder(text):
-    """argparse type: a folder that exists or can be made; refuses an existing file or a place not writable."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a file, expected a folder (made if missing)")
-    parent = path.absolute()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"cannot make {text!r}: {str(parent)!r} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot write in {str(parent)!r} (for {text!r}): permission denied")
-    return path
-
-
 def add_arguments(p):
     # one usage line (argparse would wrap its own over three): a bad value is this line and the error, exit 2
     p.usage = ("%(prog)s [--sequence] [--quick] [--cpu-all] [--repeats N] [--rounds N] [--out DIR] [--no-plot] "
@@ -89,7 +63,7 @@ def add_arguments(p):
                    help="timed repeats per backend (cell: default 15, quick 3; sequence: CPU 5, GPU 30, quick 2)")
     p.add_argument("--rounds", type=positive_int, default=None, metavar="N",
                    help="CPU processes per side, alternated (default 2, quick 1)")
-    p.add_argument("--out", type=out_folder, default="out/bench", metavar="DIR",
+    p.add_argument("--out", type=lambda text: Path(out_folder(text)), default="out/bench", metavar="DIR",
                    help="folder for the JSON and PNG (default out/bench)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (then matplotlib is not needed)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",

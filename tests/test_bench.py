@@ -66,12 +66,12 @@ def _run_cli(args, prelude=""):
 
 
 @pytest.mark.parametrize("flag,value,says", [
-    ("--repeats", "0", "expected a whole number >= 1, got 0"),
-    ("--rounds", "-1", "expected a whole number >= 1, got -1"),
-    ("--threads", "0", "expected a whole number >= 1, got 0"),
-    ("--repeats", "two", "expected a whole number >= 1, got 'two'"),
+    ("--repeats", "0", "must be an integer >= 1, got 0"),
+    ("--rounds", "-1", "must be an integer >= 1, got -1"),
+    ("--threads", "0", "must be an integer >= 1, got 0"),
+    ("--repeats", "two", "must be an integer >= 1, got 'two'"),
     ("--clock", "gpu", "invalid choice: 'gpu'"),
-    ("--out", "{file}", "is a file, expected a folder"),
+    ("--out", "{file}", "exists and is not a folder"),
     ("--out", "{file}/sub", "is a file, not a folder"),
 ])
 def test_a_bad_flag_value_is_one_error_line_and_exit_2(tmp_path, capsys, flag, value, says):
