@@ -344,6 +344,29 @@ def test_real_kernels_masked_sequence_with_two_tiles_each_way_matches_numpy(lstm
         np.testing.assert_allclose(g, w, rtol=F64_RTOL, atol=F64_RTOL, err_msg=name)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_real_kernels_masked_step_without_dY_equals_dY_zero(lstm_on_cpu, version):
+    """backward_step takes dY = None (dH_t = dH). On masked rows the kernels then pass dH through alone, a branch
+    no sequence call takes (they always pass dY): held here to dY = 0, bit for bit, on a step that cuts a second
+    row and column tile."""
+    from npylstm import gpu
+    rng = np.random.default_rng(9)
+    N, D, H = 9, 5, 40
+    args = [rng.normal(size=(1, N, D)), rng.uniform(-1, 1, (N, H)), rng.normal(size=(N, H)),
+            rng.normal(0, 0.3, (D, 4 * H)), rng.normal(0, 0.3, (H, 4 * H)), rng.normal(size=4 * H)]
+    mask = np.arange(N)[None, :] % 3 == 0                             # rows 0, 3, 6 real, the others masked
+    cache = gpu.sequence_forward(*args, mask=mask, kernel=version)[3]
+    dH, dC = rng.normal(size=(N, H)), rng.normal(size=(N, H))
+    results = []
+    for dY in (None, np.zeros((N, H))):
+        step, finish = gpu.backward_step(version, cache.W_h, N, masked=True)
+        dA, dC_prev, dH_prev = np.empty((N, 4 * H)), np.empty((N, H)), np.empty((N, H))
+        step(dH, dY, dC, cache.mask[0], cache.gates[0], cache.tanh_C[0], cache.Cs[0], dA, dC_prev, dH_prev)
+        results.append((dA, dC_prev, finish(dH_prev)))
+    for name, without, zero in zip(("dA", "dC_prev", "dH_prev"), *results):
+        np.testing.assert_array_equal(without, zero, err_msg=name)
+
+
 def test_real_kernels_give_the_same_bits_in_any_block_order(lstm_on_cpu, lstm):
     """Version 2's blocks are independent: seeds and live-block counts change nothing, bit for bit."""
     from npylstm import gpu
