@@ -193,15 +193,16 @@ def test_activations_overflow_safe(dtype, mask):
 
 
 @pytest.mark.parametrize("mask", [None, "pre", "post"])
-@pytest.mark.parametrize("chunk_steps", [1, 2, 4])
+@pytest.mark.parametrize("chunk_steps", [0.5, 1, 2, 4])
 def test_backward_factor_chunks_do_not_change_the_result(monkeypatch, mask, chunk_steps):
-    """The backward computes its per-step factors a chunk of steps at a time; any chunking gives the same bits."""
+    """The backward computes its per-step factors a chunk of steps at a time; any chunking gives the same bits.
+    A budget smaller than one step (a large batch: N·5H·itemsize over CHUNK_BYTES) still runs one step a chunk."""
     import npylstm.sequence as seq
     T, N, D, H = 7, 3, 2, 4
     args, m, up = sequence_problem(T, N, D, H, 4.0, mask, seed=21)
     cache = sequence_forward(**args, mask=m)[3]
     whole = sequence_backward(*up, cache)                     # default: all 7 steps in one chunk
-    monkeypatch.setattr(seq, "CHUNK_BYTES", chunk_steps * N * 5 * H * 8)
+    monkeypatch.setattr(seq, "CHUNK_BYTES", int(chunk_steps * N * 5 * H * 8))
     chunked = sequence_backward(*up, cache)
     for name, a, b in zip(SEQ_ARGS, whole, chunked):
         np.testing.assert_array_equal(b, a, err_msg=f"d{name}")
