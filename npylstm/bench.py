@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from . import cell
-from .experiments.common import out_folder, positive_int
-from .files import atomic_write
+from .experiments.common import out_folder, positive_int, pyplot
+from .files import atomic_write, write_json
 
 SIZES_N = (1, 8, 64, 256)
 SIZES_H = (128, 512, 1024)
@@ -362,13 +362,6 @@ def crossover(sizes, times, gpu_backends):
     return found
 
 
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def fit_title(fig, lines, fontsize=9):
     """fig.suptitle from `lines`, each wrapped to the figure's width (the layout engine then keeps it inside)."""
     chars = int(fig.get_figwidth() * 72 / (0.55 * fontsize))   # an average glyph is about 0.55 em wide
@@ -415,11 +408,6 @@ def cell_figure(sizes, backends, times, cross, title_lines):
     ax.set_ylabel("µs per cell step (forward, float32)")
     ax.legend(fontsize=7)
     return fit_title(fig, title_lines)
-
-
-def write_json(path, record):
-    atomic_write(path, lambda f: f.write(json.dumps(record, indent=2).encode()))
-    print(f"wrote {path}")
 
 
 def header_lines(what, info, notes):
@@ -509,7 +497,7 @@ def run_cell(args):
                                 f"interleaved call by call, median"},
               "matched_rtol": MATCH_RTOL, "mismatched": sorted(failed), "crossover_NH": cross,
               "rows": [{"N": N, "H": H, "D": H, **{b: times.get((b, N, H)) for b in backends}} for N, H in sizes]}
-    write_json(json_path, record)
+    print(f"wrote {write_json(json_path, record)}")
     if not args.no_plot:
         title = ["npylstm: one LSTM cell step, forward, float32" + (" (quick subset)" if quick else "")]
         title += [n for n in notes if n.startswith("GPU rows missing")]

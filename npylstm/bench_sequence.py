@@ -28,6 +28,8 @@ import time
 import numpy as np
 
 from . import bench
+from .experiments.common import pyplot
+from .files import write_json
 from .lstm import LSTM
 
 T_FULL = 100
@@ -280,7 +282,7 @@ def tables(T, cpu_sizes, gpu_sizes, cpu, dev, times, quick):
 def figure(T, cpu_sizes, gpu_sizes, cpu, dev, times, title_lines):
     """µs per time step against N, a panel per phase (rows) and H (columns), a line per backend (CPU dashed)."""
     Hs = sorted({H for _, H in gpu_sizes})
-    fig, axes = bench.pyplot().subplots(2, len(Hs), figsize=(3.6 * len(Hs) + 1.5, 6.5), squeeze=False,
+    fig, axes = pyplot().subplots(2, len(Hs), figsize=(3.6 * len(Hs) + 1.5, 6.5), squeeze=False,
                                         layout="constrained")
     for row, (p, phase) in zip(axes, PHASES.items()):
         for ax, H in zip(row, Hs):
@@ -352,7 +354,7 @@ def run_sequence(args):
               "rows": [{"T": T, "N": N, "H": H, "D": H,
                         **{p: {b: per_step.get((b, p, N, H)) for b in cpu + dev} for p in PHASES}}
                        for N, H in gpu_sizes]}
-    bench.write_json(json_path, record)
+    print(f"wrote {write_json(json_path, record)}")
     if not args.no_plot:
         title = [f"npylstm: one LSTM layer over T = {T} steps, float32, D = H: µs per time step"
                  + (" (quick subset)" if quick else "")] + [n for n in notes if n.startswith("GPU rows missing")]

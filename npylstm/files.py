@@ -7,11 +7,12 @@ mode, a new one gets 0o666 minus the process umask (0o644 under the usual umask 
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
 import threading
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 _umask_lock = threading.Lock()
 
@@ -83,3 +84,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
 def _naming(e: OSError, path: str) -> OSError:
     """The same kind of OSError, about `path` (the file the caller asked for) instead of the temp file."""
     return OSError(e.errno, e.strerror, path)      # OSError picks the subclass (FileNotFoundError, ...) from errno
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> str:
+    """`obj` (dicts, lists, numbers, strings, NumPy scalars and arrays) as indented JSON, written atomically."""
+    def default(o):
+        if hasattr(o, "tolist"):            # NumPy scalars and arrays (numpy itself is not imported here)
+            return o.tolist()
+        raise TypeError(f"write_json: cannot serialise {type(o).__name__}")
+    data = (json.dumps(obj, indent=2, default=default) + "\n").encode()
+    return atomic_write(path, lambda f: f.write(data))

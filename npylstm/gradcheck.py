@@ -25,7 +25,6 @@ which), prints the table and exits 1 if a tensor fails.
 """
 
 import inspect
-import json
 import math
 import sys
 from functools import partial
@@ -35,7 +34,7 @@ import numpy as np
 
 from . import cell, gru_cell, gru_sequence, sequence
 from .checks import as_float_array, check_positive_int
-from .files import atomic_write
+from .files import write_json
 from .gru import GRU, gru_param_names
 from .layers import Linear
 from .losses import cross_entropy_loss, mse_loss
@@ -611,12 +610,6 @@ def rows_as_dicts(rows):
     return [dict(level=r.level, tensor=r.tensor, shape=list(r.shape), max_rel_error=r.max_rel_error,
                  passed=r.passed, **({} if r.passed else {"worst": [dict(index=list(i), analytic=a, numeric=n)
                                                                    for i, a, n in r.worst]})) for r in rows]
-
-
-def write_json(path, payload):
-    """payload as indented JSON, written atomically."""
-    data = (json.dumps(payload, indent=1) + "\n").encode()
-    atomic_write(path, lambda f: f.write(data))
 
 
 # ---------------------------------------------------------------------- CLI: npylstm gradcheck

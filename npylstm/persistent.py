@@ -222,7 +222,6 @@ def _options():
 def get_function(direction, dtype):
     """lstm_{direction}_kernel3<T>, from a module of its own: CuPy launches every kernel of a module made
     with enable_cooperative_groups=True through cuLaunchCooperativeKernel. Compiled once per device."""
-    from . import gpu
     cupy = _cupy()
     options = _options()
     key = (cupy.cuda.runtime.getDevice(), options)

@@ -12,7 +12,6 @@ written) into one line on stderr and exit status 2 instead of a traceback.
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import time
 
 import numpy as np
 
-from npylstm.files import atomic_write
+from npylstm.files import atomic_write, write_json  # noqa: F401 (write_json: the commands' JSON)
 from npylstm.gru import GRU
 from npylstm.lstm import LSTM
 
@@ -288,18 +287,6 @@ def output_path(out, stem, ext, quick):
 def quick_label(text, quick):
     """`text`, marked as a --quick run when it is one: for table headers and figure titles."""
     return f"{text} [quick run: small settings]" if quick else text
-
-
-def write_json(path, results):
-    """Write `results` (dicts, lists, numbers, strings, NumPy scalars/arrays) as indented JSON."""
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(f"write_json: cannot serialise {type(o).__name__}")
-    text = json.dumps(results, indent=2, default=default) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def pyplot():
